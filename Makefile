@@ -1,0 +1,58 @@
+# llm-router: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+WASM := dist/llm_router.wasm
+PY := .venv/bin/python
+
+.PHONY: help setup build test test-unit test-wasm-unit test-host-sim test-e2e validate lint fmt run bench oci clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
+
+setup: ## Install what builds and tests need (wasm toolchain, Envoy, Python test tools); idempotent
+	@scripts/envoy-bin.sh >/dev/null
+	@scripts/setup-python.sh
+
+build: ## Build the filter: dist/llm_router.wasm
+	@scripts/build-wasm.sh
+
+$(WASM): $(shell find filter/src -name '*.rs' 2>/dev/null) filter/Cargo.toml Cargo.toml
+	@scripts/build-wasm.sh
+
+test: lint test-unit test-wasm-unit test-host-sim validate test-e2e ## Everything CI runs: lint, unit (native + wasm32), host-sim, envoy validate, end-to-end
+
+test-unit: ## Unit tests of the pure logic and the native crates
+	cargo test --workspace
+
+test-wasm-unit: ## The filter's unit tests compiled to wasm32-wasip1 and run under a WASI runtime
+	@scripts/test-wasm-unit.sh
+
+test-host-sim: $(WASM) ## Scenarios on the real .wasm in host-sim
+	cargo test -p host-sim --release
+
+validate: $(WASM) setup ## envoy --mode validate on every config in envoy-config/
+	@scripts/validate-envoy.sh
+
+test-e2e: $(WASM) setup ## End-to-end tests against a real Envoy
+	cargo build --release -p llm-router-sidecar
+	$(PY) -m pytest -q tests/e2e
+
+lint: ## cargo fmt --check and clippy -D warnings (native and wasm32)
+	@scripts/lint.sh
+
+fmt: ## Format the Rust code
+	cargo fmt --all
+
+run: $(WASM) setup ## Envoy with the filter, mock model servers and the sidecar on localhost
+	cargo build --release -p llm-router-sidecar
+	@scripts/run.sh
+
+bench: $(WASM) setup ## Benchmarks: estimator accuracy vs tiktoken, Envoy with vs without the filter
+	@scripts/bench.sh
+
+oci: $(WASM) ## OCI image of the filter for Istio's WasmPlugin (no Docker daemon needed)
+	@scripts/oci.sh
+
+clean: ## Remove build outputs
+	cargo clean
+	rm -rf dist
