@@ -4,4 +4,19 @@
 //! `config`, `body`, `tokens`, `routing`, `reply`. The `glue` module holds the proxy-wasm
 //! contexts: they read host state, call the logic and apply the result.
 
+pub mod body;
+pub mod config;
+pub mod glue;
+pub mod plan;
+pub mod reply;
+pub mod routing;
 pub mod tokens;
+
+// The module's entry point; only in the wasm build (native builds are for unit tests).
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(glue::Root::default())
+    });
+}}

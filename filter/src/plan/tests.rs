@@ -1,0 +1,195 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+use crate::config::Config;
+
+const CFG: &str = r#"{
+  "tiers": {"small": {"model": "llama-8b"}, "large": {"model": "llama-70b"}, "raw": {}},
+  "default_tier": "small",
+  "rules": [
+    {"tier": "large", "models": ["gpt-4o"]},
+    {"tier": "large", "min_prompt_tokens": 1000},
+    {"tier": "large", "header": {"name": "x-customer-tier", "value": "premium"}},
+    {"tier": "raw", "models": ["keep-me", "canary"]}
+  ],
+  "models": {"canary": {"targets": [{"model": "v2", "weight": 1}, {"model": "v1", "weight": 1}]}}
+}"#;
+
+fn cfg(extra: &str) -> Config {
+    let mut v: serde_json::Value = serde_json::from_str(CFG).unwrap();
+    let e: serde_json::Value = serde_json::from_str(extra).unwrap();
+    for (k, val) in e.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    Config::parse(v.to_string().as_bytes()).unwrap()
+}
+
+fn forward(p: Plan) -> Forward {
+    match p {
+        Plan::Forward(f) => f,
+        Plan::Reply(r) => panic!("expected forward, got reply {r:?}"),
+    }
+}
+
+fn hdr<'a>(f: &'a Forward, name: &str) -> Option<&'a str> {
+    header(&f.set_headers, name)
+}
+
+fn run(c: &Config, headers: &[(&str, &str)], body: &str) -> Plan {
+    let h: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    plan(c, "/v1/chat/completions", &h, Ok(body.as_bytes()), 0)
+}
+
+fn chat(model: &str, text: &str) -> String {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]}).to_string()
+}
+
+#[test]
+fn short_prompt_goes_to_default_tier_with_its_model() {
+    let c = cfg("{}");
+    let f = forward(run(&c, &[], &chat("whatever", "hello")));
+    assert_eq!(hdr(&f, "x-llm-model-type"), Some("small"));
+    assert_eq!(hdr(&f, "x-model-id"), Some("llama-8b"));
+    assert_eq!(f.reason, Reason::Default);
+    let tokens: u64 = hdr(&f, "x-llm-prompt-tokens").unwrap().parse().unwrap();
+    assert!((5..20).contains(&tokens), "{tokens}");
+    let body: serde_json::Value = serde_json::from_slice(f.body.as_ref().unwrap()).unwrap();
+    assert_eq!(body["model"], "llama-8b");
+    assert_eq!(body["messages"][0]["content"], "hello");
+}
+
+#[test]
+fn long_prompt_goes_large() {
+    let c = cfg("{}");
+    let f = forward(run(&c, &[], &chat("x", &"lorem ipsum dolor ".repeat(400))));
+    assert_eq!(hdr(&f, "x-llm-model-type"), Some("large"));
+    assert_eq!(f.reason, Reason::Rule(1));
+    assert_eq!(f.model.as_deref(), Some("llama-70b"));
+}
+
+#[test]
+fn header_and_model_rules() {
+    let c = cfg("{}");
+    let f = forward(run(&c, &[("x-customer-tier", "premium")], &chat("x", "hi")));
+    assert_eq!(f.reason, Reason::Rule(2));
+    let f = forward(run(&c, &[], &chat("gpt-4o", "hi")));
+    assert_eq!(f.reason, Reason::Rule(0));
+}
+
+#[test]
+fn tier_without_model_keeps_body_untouched() {
+    let c = cfg("{}");
+    let body = chat("keep-me", "hi");
+    let f = forward(run(&c, &[], &body));
+    assert_eq!(hdr(&f, "x-llm-model-type"), Some("raw"));
+    assert_eq!(hdr(&f, "x-model-id"), Some("keep-me"));
+    assert_eq!(f.body, None);
+}
+
+#[test]
+fn split_rewrites_to_a_target() {
+    let c = cfg("{}");
+    let body = chat("canary", "hi");
+    let h: Vec<(String, String)> = vec![];
+    let a = forward(plan(&c, "/v1/chat/completions", &h, Ok(body.as_bytes()), 0));
+    let b = forward(plan(&c, "/v1/chat/completions", &h, Ok(body.as_bytes()), 1));
+    assert_eq!(a.model.as_deref(), Some("v2"));
+    assert_eq!(b.model.as_deref(), Some("v1"));
+    assert_eq!(a.split, Some(0));
+    let v: serde_json::Value = serde_json::from_slice(a.body.as_ref().unwrap()).unwrap();
+    assert_eq!(v["model"], "v2");
+}
+
+#[test]
+fn unsafe_client_model_is_not_echoed_in_a_header() {
+    let c = cfg("{}");
+    let f = forward(run(&c, &[], &chat("keep-me\r\nx-evil: 1", "hi")));
+    // tier "raw" is not selected (model does not match), small has a model: header is ours
+    assert_eq!(hdr(&f, "x-model-id"), Some("llama-8b"));
+    let c = cfg(r#"{"tiers": {"raw": {}}, "rules": [], "default_tier": "raw"}"#);
+    let f = forward(run(&c, &[], &chat("bad\nname", "hi")));
+    assert_eq!(hdr(&f, "x-model-id"), None);
+    assert_eq!(hdr(&f, "x-llm-model-type"), Some("raw"));
+}
+
+#[test]
+fn invalid_bodies_default_tier() {
+    let c = cfg("{}");
+    for body in ["{oops", "[1]", "", r#"{"model": 1}"#] {
+        let f = forward(run(&c, &[], body));
+        assert_eq!(f.reason, Reason::InvalidBody, "{body}");
+        assert_eq!(hdr(&f, "x-llm-model-type"), Some("small"));
+        assert_eq!(f.body, None, "an invalid body is forwarded as it came");
+        assert!(f.invalid.is_some());
+    }
+    let h: Vec<(String, String)> = vec![];
+    let f = forward(plan(
+        &c,
+        "/v1/completions",
+        &h,
+        Err(InvalidBody::TooLarge),
+        0,
+    ));
+    assert_eq!(f.invalid, Some(InvalidBody::TooLarge));
+}
+
+#[test]
+fn invalid_bodies_rejected() {
+    let c = cfg(r#"{"on_invalid_body": "reject"}"#);
+    match run(&c, &[], "{oops") {
+        Plan::Reply(r) => {
+            assert_eq!(r.status, 400);
+            assert_eq!(r.code, "invalid_request_body");
+        }
+        p => panic!("{p:?}"),
+    }
+    let h: Vec<(String, String)> = vec![];
+    match plan(&c, "/v1/completions", &h, Err(InvalidBody::TooLarge), 0) {
+        Plan::Reply(r) => assert_eq!(r.status, 413),
+        p => panic!("{p:?}"),
+    }
+}
+
+#[test]
+fn stream_usage_is_injected_when_enabled() {
+    let c = cfg(r#"{"inject_stream_usage": true}"#);
+    let body = r#"{"model":"keep-me","stream":true,"messages":[]}"#;
+    let f = forward(run(&c, &[], body));
+    let v: serde_json::Value = serde_json::from_slice(f.body.as_ref().unwrap()).unwrap();
+    assert_eq!(v["stream_options"]["include_usage"], true);
+    assert_eq!(v["model"], "keep-me");
+    // with a model rewrite too
+    let f = forward(run(&c, &[], r#"{"stream":true,"messages":[]}"#));
+    let v: serde_json::Value = serde_json::from_slice(f.body.as_ref().unwrap()).unwrap();
+    assert_eq!(v["stream_options"]["include_usage"], true);
+    assert_eq!(v["model"], "llama-8b");
+    // the client's own stream_options are left alone
+    let f = forward(run(
+        &c,
+        &[],
+        r#"{"model":"keep-me","stream":true,"stream_options":{"include_usage":false}}"#,
+    ));
+    assert_eq!(f.body, None);
+    // off: not injected
+    let c = cfg(r#"{"inject_stream_usage": false}"#);
+    assert_eq!(forward(run(&c, &[], body)).body, None);
+}
+
+#[test]
+fn path_query_is_ignored_by_rules() {
+    let c = cfg(
+        r#"{"rules": [{"tier": "large", "path_prefix": "/v1/completions"}], "on_invalid_body": "reject"}"#,
+    );
+    let h: Vec<(String, String)> = vec![];
+    let f = forward(plan(
+        &c,
+        "/v1/completions?x=1",
+        &h,
+        Ok(br#"{"prompt":"a"}"#),
+        0,
+    ));
+    assert_eq!(c.tiers[f.tier].name, "large");
+}
