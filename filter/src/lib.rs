@@ -7,10 +7,13 @@
 pub mod body;
 pub mod config;
 pub mod glue;
+pub mod metrics;
 pub mod plan;
+pub mod ratelimit;
 pub mod reply;
 pub mod routing;
 pub mod tokens;
+pub mod usage;
 
 // The module's entry point; only in the wasm build (native builds are for unit tests).
 #[cfg(target_arch = "wasm32")]

@@ -56,3 +56,63 @@ pub fn clear_route_cache() {
         Err(status) => debug!("llm-router: clear_route_cache: {status:?}"),
     }
 }
+
+/// Proxy-wasm shared data as the rate limiter's store.
+pub struct SharedData;
+
+impl crate::ratelimit::Store for SharedData {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, crate::ratelimit::StoreError> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), cas)) => Ok(Some((value, cas.unwrap_or(0)))),
+            Ok((None, _)) => Ok(None),
+            Err(status) => Err(crate::ratelimit::StoreError::Other(format!("{status:?}"))),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), crate::ratelimit::StoreError> {
+        match hostcalls::set_shared_data(key, Some(value), Some(cas)) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(crate::ratelimit::StoreError::CasMismatch),
+            Err(status) => Err(crate::ratelimit::StoreError::Other(format!("{status:?}"))),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch by the proxy's clock (0 if it cannot be read).
+pub fn now_ms() -> u64 {
+    match hostcalls::get_current_time() {
+        Ok(t) => t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// A property as a UTF-8 string (e.g. a JWT claim in jwt_authn's dynamic metadata).
+pub fn property_string(path: &[String]) -> Option<String> {
+    let segments: Vec<&str> = path.iter().map(String::as_str).collect();
+    match hostcalls::get_property(segments) {
+        Ok(Some(bytes)) => String::from_utf8(bytes).ok(),
+        Ok(None) | Err(_) => None,
+    }
+}
+
+pub fn response_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn set_response_header(name: &str, value: &str) {
+    if let Err(status) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)) {
+        debug!("llm-router: cannot set response header {name}: {status:?}");
+    }
+}
+
+pub fn response_body(size: usize) -> Vec<u8> {
+    match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size) {
+        Ok(b) => b.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}

@@ -1,24 +1,43 @@
 //! Proxy-Wasm contexts: the only code that talks to the host. Callbacks read host state, call
-//! the pure logic (`plan`, ...) and apply the result. Every host call's `Status` is handled:
-//! the SDK's trait helpers panic on errors (a trap kills the VM for every request on that
-//! worker), so `hostcalls` is used directly.
+//! the pure logic (`plan`, `ratelimit`, `usage`, `metrics`) and apply the result. Every host
+//! call's `Status` is handled: the SDK's trait helpers panic on errors (a trap kills the VM for
+//! every request on that worker), so `hostcalls` is used directly (see `host`).
 
 mod host;
+mod stats;
 
 use crate::body::InvalidBody;
-use crate::config::Config;
-use crate::plan::{self, Plan};
-use host::{clear_route_cache, request_body, request_headers, send_reply, set_request_header};
+use crate::config::{Config, TenantSource};
+use crate::metrics::{self, Catalog, Metric};
+use crate::plan::{self, Forward, Plan};
+use crate::ratelimit::{self, Gate, Outcome};
+use crate::reply::LocalReply;
+use crate::usage::{self, SseScanner, Usage};
+use host::{
+    clear_route_cache, now_ms, property_string, request_body, request_headers, response_body,
+    response_header, send_reply, set_request_header, set_response_header, SharedData,
+};
 use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType};
+use stats::Stats;
 use std::rc::Rc;
 
-/// One per VM (worker thread): holds the validated configuration.
+/// Largest non-streaming response body kept to read its `usage` (it is copied as it passes,
+/// never held back).
+const MAX_JSON_RESPONSE: usize = 4 * 1024 * 1024;
+
+/// What the contexts of one VM share: the configuration and its metrics.
+struct Shared {
+    cfg: Config,
+    stats: Stats,
+}
+
+/// One per VM (worker thread).
 #[derive(Default)]
 pub struct Root {
-    config: Option<Rc<Config>>,
+    shared: Option<Rc<Shared>>,
 }
 
 impl Context for Root {}
@@ -35,16 +54,18 @@ impl RootContext for Root {
         match Config::parse(&bytes) {
             Ok(cfg) => {
                 info!(
-                    "llm-router: configured: {} tiers, {} rules, {} model splits",
+                    "llm-router: configured: {} tiers, {} rules, {} model splits, tenants {}",
                     cfg.tiers.len(),
                     cfg.rules.len(),
-                    cfg.models.len()
+                    cfg.models.len(),
+                    if cfg.tenants.is_some() { "on" } else { "off" },
                 );
-                self.config = Some(Rc::new(cfg));
+                let stats = Stats::new(Catalog::from_config(&cfg));
+                self.shared = Some(Rc::new(Shared { cfg, stats }));
                 true
             }
             Err(e) => {
-                // One line naming the field; the previous configuration (if any) stays.
+                // One line naming the field; a previous configuration (if any) stays.
                 error!("llm-router: {e}");
                 false
             }
@@ -58,86 +79,250 @@ impl RootContext for Root {
     // The SDK traps when this returns None: always hand out a context (one without a
     // configuration passes requests through).
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http::new(self.config.clone())))
+        Some(Box::new(Http::new(self.shared.clone())))
     }
+}
+
+/// What is known about an inspected request once it was decided.
+struct Routed {
+    tier: u16,
+    model: u16,
+    prompt_estimate: Option<u64>,
+    stream: bool,
+    /// Rate-limit charge to reconcile: tenant and tokens charged.
+    charge: Option<(ratelimit::Tenant, u64)>,
+    limits_status: Option<ratelimit::Status>,
+}
+
+enum ResponseScan {
+    None,
+    Sse(SseScanner),
+    Json(Vec<u8>),
 }
 
 /// One per HTTP request.
 pub struct Http {
-    cfg: Option<Rc<Config>>,
+    shared: Option<Rc<Shared>>,
     /// Headers are held and the body is being collected.
     inspecting: bool,
     path: String,
+    start_ms: u64,
+    routed: Option<Routed>,
+    /// The filter answered this request itself.
+    local_reply: bool,
+    status_code: Option<u32>,
+    response: ResponseScan,
+    response_ended: bool,
 }
 
 impl Http {
-    fn new(cfg: Option<Rc<Config>>) -> Self {
+    fn new(shared: Option<Rc<Shared>>) -> Self {
         Http {
-            cfg,
+            shared,
             inspecting: false,
             path: String::new(),
+            start_ms: 0,
+            routed: None,
+            local_reply: false,
+            status_code: None,
+            response: ResponseScan::None,
+            response_ended: false,
         }
+    }
+
+    fn reply(&mut self, reply: &LocalReply) -> Action {
+        self.local_reply = true;
+        send_reply(reply);
+        Action::Pause
     }
 
     /// Decides with the body (or why there is none usable) and applies the decision.
     /// `body_size` is the size of the body buffer the host holds now.
     fn decide(
         &mut self,
-        cfg: &Config,
+        sh: &Shared,
         body: Result<&[u8], InvalidBody>,
         body_size: usize,
     ) -> Action {
         self.inspecting = false;
         let headers = request_headers();
-        let plan = plan::plan(cfg, &self.path, &headers, body, random_u64());
-        match plan {
-            Plan::Reply(reply) => {
-                send_reply(&reply);
-                Action::Pause
+        let fwd = match plan::plan(&sh.cfg, &self.path, &headers, body, random_u64()) {
+            Plan::Reject(why, reply) => {
+                sh.stats
+                    .inc(Metric::InvalidBody, &[metrics::invalid_reason(why)]);
+                return self.reply(&reply);
             }
-            Plan::Forward(fwd) => {
-                for (name, value) in &fwd.set_headers {
-                    set_request_header(name, Some(value));
+            Plan::Forward(fwd) => fwd,
+        };
+        let cat = sh.stats.catalog();
+        let tier = u16::try_from(fwd.tier).unwrap_or(u16::MAX);
+        let model = cat.model(fwd.model.as_deref());
+        drop(cat);
+        if let Some(why) = fwd.invalid {
+            sh.stats
+                .inc(Metric::InvalidBody, &[metrics::invalid_reason(why)]);
+        }
+        let mut routed = Routed {
+            tier,
+            model,
+            prompt_estimate: fwd.prompt_tokens,
+            stream: fwd.stream,
+            charge: None,
+            limits_status: None,
+        };
+
+        if let Some(tenants) = &sh.cfg.tenants {
+            let id = match &tenants.source {
+                TenantSource::Header(name) => plan::header(&headers, name).map(str::to_string),
+                source => ratelimit::jwt_claim_path(source).and_then(|p| property_string(&p)),
+            };
+            let cost = ratelimit::token_cost(tenants, fwd.prompt_tokens, fwd.max_tokens);
+            match ratelimit::gate(tenants, id.as_deref(), cost, &SharedData, now_ms()) {
+                Gate::Pass {
+                    tenant,
+                    charged_tokens,
+                    status,
+                } => {
+                    routed.charge = Some((tenant, charged_tokens));
+                    routed.limits_status = Some(status);
                 }
-                if let Some(new_body) = &fwd.body {
-                    match hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, new_body)
-                    {
-                        // The length changed: Envoy recomputes framing without it.
-                        Ok(()) => set_request_header("content-length", None),
-                        Err(status) => warn!("llm-router: cannot rewrite the body: {status:?}"),
+                Gate::Refuse {
+                    reply,
+                    tenant_label,
+                    bucket,
+                } => {
+                    if let Some(b) = bucket {
+                        let t = sh.stats.catalog().tenant(&tenant_label);
+                        sh.stats.inc(Metric::RateLimited, &[t, b.label()]);
                     }
+                    self.routed = Some(routed);
+                    return self.reply(&reply);
                 }
-                clear_route_cache();
-                Action::Continue
+                Gate::Degraded(why) => {
+                    warn!("llm-router: rate limit state unavailable, admitting: {why}");
+                }
             }
         }
+
+        sh.stats.inc(
+            Metric::ModelSelected,
+            &[tier, model, metrics::select_reason(fwd.reason)],
+        );
+        if let Some(p) = fwd.prompt_tokens {
+            sh.stats.record(Metric::PromptTokensEstimated, &[tier], p);
+        }
+        self.routed = Some(routed);
+        apply_forward(&fwd, body_size);
+        Action::Continue
     }
+
+    /// Everything that happens once per request at its end: reconcile the token charge with
+    /// real usage and count the request.
+    fn finish(&mut self, sh: &Shared) {
+        let Some(routed) = self.routed.take() else {
+            return;
+        };
+        let usage: Option<Usage> = match &self.response {
+            ResponseScan::Sse(s) => s.usage,
+            ResponseScan::Json(body) if self.response_ended => usage::json_usage(body),
+            _ => None,
+        };
+        let ok = self.status_code.is_some_and(|c| (200..300).contains(&c));
+        let status = match (self.local_reply, self.status_code) {
+            (true, _) => metrics::STATUS_LOCAL,
+            (false, Some(code)) => metrics::status_class(code),
+            (false, None) => metrics::STATUS_CANCELLED,
+        };
+
+        if let Some((tenant, charged)) = &routed.charge {
+            let outcome = match (&self.response, ok && !self.local_reply) {
+                (ResponseScan::Sse(s), true) if !s.done && !self.response_ended => {
+                    Outcome::StreamCut {
+                        prompt_estimate: routed.prompt_estimate.unwrap_or(0),
+                        events: s.events,
+                    }
+                }
+                (_, true) => Outcome::Success,
+                (_, false) => Outcome::Failed,
+            };
+            let delta = ratelimit::reconcile_delta(*charged, usage.map(|u| u.total()), outcome);
+            if delta != 0 {
+                if let Err(e) =
+                    ratelimit::adjust(&SharedData, &tenant.key, &tenant.limits, 0, delta, now_ms())
+                {
+                    warn!(
+                        "llm-router: cannot reconcile tokens of {}: {e:?}",
+                        tenant.label
+                    );
+                }
+            }
+        }
+
+        sh.stats
+            .inc(Metric::Requests, &[routed.tier, routed.model, status]);
+        if !self.local_reply {
+            let elapsed = now_ms().saturating_sub(self.start_ms);
+            sh.stats
+                .record(Metric::RequestDuration, &[routed.model], elapsed);
+        }
+        let prompt =
+            usage
+                .map(|u| u.prompt_tokens)
+                .or(if ok { routed.prompt_estimate } else { None });
+        if let Some(p) = prompt {
+            sh.stats
+                .add(Metric::Tokens, &[routed.model, metrics::TOKEN_PROMPT], p);
+        }
+        if let Some(u) = usage {
+            sh.stats.add(
+                Metric::Tokens,
+                &[routed.model, metrics::TOKEN_COMPLETION],
+                u.completion_tokens,
+            );
+        }
+    }
+}
+
+/// Sets the routing headers and the rewritten body, and has Envoy match the route again.
+fn apply_forward(fwd: &Forward, body_size: usize) {
+    for (name, value) in &fwd.set_headers {
+        set_request_header(name, Some(value));
+    }
+    if let Some(new_body) = &fwd.body {
+        match hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, new_body) {
+            // The length changed: Envoy frames the body anew without it.
+            Ok(()) => set_request_header("content-length", None),
+            Err(status) => warn!("llm-router: cannot rewrite the body: {status:?}"),
+        }
+    }
+    clear_route_cache();
 }
 
 impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let Some(cfg) = self.cfg.clone() else {
+        let Some(sh) = self.shared.clone() else {
             return Action::Continue;
         };
         // A client never chooses its own tier, model, endpoint or token count.
-        for name in cfg.headers.owned() {
+        for name in sh.cfg.headers.owned() {
             set_request_header(name, None);
         }
         let headers = request_headers();
         let method = plan::header(&headers, ":method").unwrap_or_default();
         let path = plan::header(&headers, ":path").unwrap_or_default();
-        if method != "POST" || !cfg.is_api_path(path) {
+        if method != "POST" || !sh.cfg.is_api_path(path) {
             return Action::Continue;
         }
         self.path = path.to_string();
+        self.start_ms = now_ms();
         if end_of_stream {
-            return self.decide(&cfg, Ok(&[]), 0);
+            return self.decide(&sh, Ok(&[]), 0);
         }
         let declared = plan::header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > cfg.max_body_bytes as u64) {
-            return self.decide(&cfg, Err(InvalidBody::TooLarge), 0);
+        if declared.is_some_and(|len| len > sh.cfg.max_body_bytes as u64) {
+            return self.decide(&sh, Err(InvalidBody::TooLarge), 0);
         }
         // Hold the headers until the whole body is here (needs the filter option
         // `allow_on_headers_stop_iteration: true` in Envoy).
@@ -149,34 +334,93 @@ impl HttpContext for Http {
         if !self.inspecting {
             return Action::Continue;
         }
-        let Some(cfg) = self.cfg.clone() else {
+        let Some(sh) = self.shared.clone() else {
             return Action::Continue;
         };
-        if body_size > cfg.max_body_bytes {
+        if body_size > sh.cfg.max_body_bytes {
             // Decide now without reading it; the rest streams through.
-            return self.decide(&cfg, Err(InvalidBody::TooLarge), body_size);
+            return self.decide(&sh, Err(InvalidBody::TooLarge), body_size);
         }
         if !end_of_stream {
             return Action::Pause; // Envoy buffers; the next call sees the whole body so far.
         }
         let body = request_body(body_size);
-        self.decide(&cfg, Ok(&body), body_size)
+        self.decide(&sh, Ok(&body), body_size)
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         if !self.inspecting {
             return Action::Continue;
         }
-        let Some(cfg) = self.cfg.clone() else {
+        let Some(sh) = self.shared.clone() else {
             return Action::Continue;
         };
-        // A body ended by trailers (HTTP/2, gRPC-style clients): decide on what was buffered.
-        let body = request_body(cfg.max_body_bytes.saturating_add(1));
-        if body.len() > cfg.max_body_bytes {
-            return self.decide(&cfg, Err(InvalidBody::TooLarge), body.len());
+        // A body ended by trailers: decide on what was buffered.
+        let body = request_body(sh.cfg.max_body_bytes.saturating_add(1));
+        if body.len() > sh.cfg.max_body_bytes {
+            return self.decide(&sh, Err(InvalidBody::TooLarge), body.len());
         }
         let size = body.len();
-        self.decide(&cfg, Ok(&body), size)
+        self.decide(&sh, Ok(&body), size)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(routed) = &self.routed else {
+            return Action::Continue;
+        };
+        self.status_code = response_header(":status").and_then(|s| s.parse().ok());
+        if self.local_reply {
+            return Action::Continue;
+        }
+        if let Some(status) = &routed.limits_status {
+            for (name, value) in ratelimit::headers(status) {
+                set_response_header(name, &value);
+            }
+        }
+        let content_type = response_header("content-type").unwrap_or_default();
+        self.response = if content_type.starts_with("text/event-stream") {
+            ResponseScan::Sse(SseScanner::default())
+        } else if routed.stream {
+            ResponseScan::None
+        } else {
+            ResponseScan::Json(Vec::new())
+        };
+        self.response_ended = end_of_stream;
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.routed.is_none() || self.local_reply {
+            return Action::Continue;
+        }
+        self.response_ended = end_of_stream;
+        match &mut self.response {
+            ResponseScan::None => {}
+            ResponseScan::Sse(scanner) => {
+                // The chunk is read, never held: the stream flows at the upstream's pace.
+                let chunk = response_body(body_size);
+                if scanner.feed(&chunk) {
+                    if let (Some(sh), Some(r)) = (&self.shared, &self.routed) {
+                        let ttft = now_ms().saturating_sub(self.start_ms);
+                        sh.stats.record(Metric::TimeToFirstToken, &[r.model], ttft);
+                    }
+                }
+            }
+            ResponseScan::Json(kept) => {
+                if kept.len() + body_size > MAX_JSON_RESPONSE {
+                    self.response = ResponseScan::None;
+                } else {
+                    kept.extend_from_slice(&response_body(body_size));
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if let Some(sh) = self.shared.clone() {
+            self.finish(&sh);
+        }
     }
 }
 

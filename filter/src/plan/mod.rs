@@ -20,7 +20,8 @@ pub fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
 #[derive(Debug, PartialEq)]
 pub enum Plan {
     Forward(Forward),
-    Reply(LocalReply),
+    /// `on_invalid_body: reject`: answer 400/413 with this reply.
+    Reject(InvalidBody, LocalReply),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,7 +106,9 @@ pub fn plan(
 /// A body that could not be inspected: default tier, or a 400/413, as configured.
 pub fn invalid(cfg: &Config, why: InvalidBody) -> Plan {
     match cfg.on_invalid_body {
-        InvalidBodyAction::Reject => Plan::Reply(reply::invalid_body(why, cfg.max_body_bytes)),
+        InvalidBodyAction::Reject => {
+            Plan::Reject(why, reply::invalid_body(why, cfg.max_body_bytes))
+        }
         InvalidBodyAction::DefaultTier => {
             let tier = cfg.default_tier;
             let model = cfg.tiers.get(tier).and_then(|t| t.model.clone());

@@ -27,7 +27,7 @@ fn cfg(extra: &str) -> Config {
 fn forward(p: Plan) -> Forward {
     match p {
         Plan::Forward(f) => f,
-        Plan::Reply(r) => panic!("expected forward, got reply {r:?}"),
+        Plan::Reject(_, r) => panic!("expected forward, got reply {r:?}"),
     }
 }
 
@@ -140,7 +140,8 @@ fn invalid_bodies_default_tier() {
 fn invalid_bodies_rejected() {
     let c = cfg(r#"{"on_invalid_body": "reject"}"#);
     match run(&c, &[], "{oops") {
-        Plan::Reply(r) => {
+        Plan::Reject(why, r) => {
+            assert_eq!(why, InvalidBody::NotJson);
             assert_eq!(r.status, 400);
             assert_eq!(r.code, "invalid_request_body");
         }
@@ -148,7 +149,7 @@ fn invalid_bodies_rejected() {
     }
     let h: Vec<(String, String)> = vec![];
     match plan(&c, "/v1/completions", &h, Err(InvalidBody::TooLarge), 0) {
-        Plan::Reply(r) => assert_eq!(r.status, 413),
+        Plan::Reject(_, r) => assert_eq!(r.status, 413),
         p => panic!("{p:?}"),
     }
 }

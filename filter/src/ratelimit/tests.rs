@@ -1,0 +1,393 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+use crate::config::Config;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+type Hook = Box<dyn FnMut(&Mem)>;
+
+/// Shared data with Envoy's CAS rules: every write bumps a global CAS counter; a set with
+/// cas 0 is unconditional; a missing key accepts any cas.
+#[derive(Default)]
+struct Mem {
+    map: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    next: Cell<u32>,
+    /// Called between a get and the following set, to interleave another writer.
+    interfere: RefCell<Option<Hook>>,
+    sets: Cell<u32>,
+}
+
+impl Store for Mem {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        Ok(self.map.borrow().get(key).cloned())
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        let hook = self.interfere.borrow_mut().take();
+        if let Some(mut f) = hook {
+            f(self);
+        }
+        self.sets.set(self.sets.get() + 1);
+        let mut map = self.map.borrow_mut();
+        if let Some((_, cur)) = map.get(key) {
+            if cas != 0 && cas != *cur {
+                return Err(StoreError::CasMismatch);
+            }
+        }
+        self.next.set(self.next.get() + 1);
+        map.insert(key.to_string(), (value.to_vec(), self.next.get()));
+        Ok(())
+    }
+}
+
+fn limits(rpm: Option<u64>, tpm: Option<u64>) -> Limits {
+    Limits {
+        requests: rpm.map(|r| BucketLimit {
+            per_minute: r,
+            burst: r,
+        }),
+        tokens: tpm.map(|t| BucketLimit {
+            per_minute: t,
+            burst: t,
+        }),
+    }
+}
+
+fn admitted(a: Admission) -> bool {
+    matches!(a, Admission::Admitted(_))
+}
+
+#[test]
+fn state_round_trips_and_rejects_garbage() {
+    let s = State {
+        requests: -5,
+        tokens: i64::MAX,
+        at_ms: 123,
+    };
+    assert_eq!(State::decode(&s.encode()), Some(s));
+    assert_eq!(State::decode(&[1, 2, 3]), None);
+    assert_eq!(State::decode(&[0; 25]), None);
+}
+
+#[test]
+fn request_bucket_admits_burst_then_limits() {
+    let m = Mem::default();
+    let l = limits(Some(3), None);
+    for _ in 0..3 {
+        assert!(admitted(admit(&m, "k", &l, 0, 1000).unwrap()));
+    }
+    match admit(&m, "k", &l, 0, 1000).unwrap() {
+        Admission::Limited {
+            bucket,
+            retry_after_ms,
+            status,
+        } => {
+            assert_eq!(bucket, Bucket::Requests);
+            assert_eq!(retry_after_ms, 20_000); // 3/min: one every 20 s
+            assert_eq!(status.requests.unwrap().remaining, 0);
+        }
+        a => panic!("{a:?}"),
+    }
+    // 20 s later exactly one more
+    assert!(admitted(admit(&m, "k", &l, 0, 21_000).unwrap()));
+    assert!(!admitted(admit(&m, "k", &l, 0, 21_000).unwrap()));
+}
+
+#[test]
+fn token_bucket_acts_before_the_request() {
+    let m = Mem::default();
+    let l = limits(None, Some(1000));
+    assert!(admitted(admit(&m, "k", &l, 600, 0).unwrap()));
+    // 600 + 600 > 1000: refused now, not one request late
+    match admit(&m, "k", &l, 600, 0).unwrap() {
+        Admission::Limited { bucket, .. } => assert_eq!(bucket, Bucket::Tokens),
+        a => panic!("{a:?}"),
+    }
+    assert!(admitted(admit(&m, "k", &l, 400, 0).unwrap()));
+}
+
+#[test]
+fn a_request_larger_than_the_burst_waits_for_a_full_bucket() {
+    let m = Mem::default();
+    let l = limits(None, Some(100));
+    assert!(admitted(admit(&m, "k", &l, 5000, 0).unwrap()));
+    assert!(!admitted(admit(&m, "k", &l, 1, 0).unwrap()));
+}
+
+#[test]
+fn reconciliation_refunds_and_debits() {
+    let m = Mem::default();
+    let l = limits(None, Some(1000));
+    assert!(admitted(admit(&m, "k", &l, 900, 0).unwrap()));
+    // real usage was 100: 800 back
+    adjust(&m, "k", &l, 0, -800, 0).unwrap();
+    assert!(admitted(admit(&m, "k", &l, 850, 0).unwrap()));
+    // real usage 400 more than charged: debt
+    adjust(&m, "k", &l, 0, 400, 0).unwrap();
+    let s = State::decode(&m.get("k").unwrap().unwrap().0).unwrap();
+    assert_eq!(s.tokens, (1000 - 100 - 850 - 400) * UNIT);
+    match admit(&m, "k", &l, 1, 0).unwrap() {
+        Admission::Limited { retry_after_ms, .. } => {
+            // 351 tokens missing at 1000/min
+            assert_eq!(
+                retry_after_ms,
+                bucket::ms_until(-350 * UNIT, UNIT, &l.tokens.unwrap())
+            );
+            assert_eq!(retry_after_ms, 21_060);
+        }
+        a => panic!("{a:?}"),
+    }
+    // a refund never goes above capacity
+    adjust(&m, "k", &l, 0, -1_000_000, 0).unwrap();
+    let s = State::decode(&m.get("k").unwrap().unwrap().0).unwrap();
+    assert_eq!(s.tokens, 1000 * UNIT);
+}
+
+#[test]
+fn clock_going_backwards_adds_nothing() {
+    let m = Mem::default();
+    let l = limits(Some(60), None);
+    for _ in 0..60 {
+        assert!(admitted(admit(&m, "k", &l, 0, 100_000).unwrap()));
+    }
+    assert!(!admitted(admit(&m, "k", &l, 0, 50_000).unwrap()));
+    assert!(!admitted(admit(&m, "k", &l, 0, 100_000).unwrap()));
+    assert!(admitted(admit(&m, "k", &l, 0, 101_000).unwrap()));
+}
+
+#[test]
+fn interleaved_writer_forces_a_retry_and_nothing_is_lost() {
+    let m = Mem::default();
+    let l = limits(Some(10), None);
+    assert!(admitted(admit(&m, "k", &l, 0, 0).unwrap()));
+    // Another worker admits a request between our read and our write.
+    *m.interfere.borrow_mut() = Some(Box::new(|m: &Mem| {
+        assert!(admitted(
+            admit(m, "k", &limits(Some(10), None), 0, 0).unwrap()
+        ));
+    }));
+    assert!(admitted(admit(&m, "k", &l, 0, 0).unwrap()));
+    let s = State::decode(&m.get("k").unwrap().unwrap().0).unwrap();
+    assert_eq!(s.requests, 7 * UNIT, "three admissions, all counted");
+}
+
+#[test]
+fn creation_race_does_not_reset_a_bucket() {
+    let m = Mem::default();
+    let l = limits(Some(5), None);
+    // Both workers see the key missing; the other one creates it first.
+    *m.interfere.borrow_mut() = Some(Box::new(|m: &Mem| {
+        assert!(admitted(
+            admit(m, "k", &limits(Some(5), None), 0, 0).unwrap()
+        ));
+    }));
+    assert!(admitted(admit(&m, "k", &l, 0, 0).unwrap()));
+    let s = State::decode(&m.get("k").unwrap().unwrap().0).unwrap();
+    assert_eq!(s.requests, 3 * UNIT);
+}
+
+/// Several workers, interleaved operation by operation (each worker's read-modify-write is
+/// split by the others' writes), admit exactly the capacity.
+#[test]
+fn many_interleaved_workers_admit_exactly_capacity() {
+    let m = Mem::default();
+    let l = limits(Some(50), None);
+    let admitted_total = Cell::new(0);
+    for round in 0..200 {
+        if round % 3 == 0 {
+            *m.interfere.borrow_mut() = Some(Box::new(move |m: &Mem| {
+                let _ = admit(m, "k", &limits(Some(50), None), 0, 0);
+            }));
+        }
+        if admitted(admit(&m, "k", &l, 0, 0).unwrap()) {
+            admitted_total.set(admitted_total.get() + 1);
+        }
+    }
+    let s = State::decode(&m.get("k").unwrap().unwrap().0).unwrap();
+    assert_eq!(s.requests, 0);
+    assert!(admitted_total.get() <= 50);
+}
+
+fn tenants(json: &str) -> Tenants {
+    let cfg = format!(r#"{{"tiers": {{"s": {{}}}}, "tenants": {json}}}"#);
+    Config::parse(cfg.as_bytes()).unwrap().tenants.unwrap()
+}
+
+fn tenant(r: Resolved) -> Tenant {
+    match r {
+        Resolved::Tenant(t) => t,
+        Resolved::Rejected => panic!("rejected"),
+    }
+}
+
+#[test]
+fn configured_unknown_and_anonymous_tenants() {
+    let t = tenants(
+        r#"{"header": "x-t", "default": {"requests_per_minute": 5}, "limits": {"acme": {"requests_per_minute": 60}}}"#,
+    );
+    let m = Mem::default();
+    let acme = tenant(resolve(&t, Some("acme"), &m).unwrap());
+    assert_eq!(acme.label, "acme");
+    assert_eq!(acme.limits.requests.unwrap().per_minute, 60);
+    let anon = tenant(resolve(&t, None, &m).unwrap());
+    assert_eq!(anon.label, "anonymous");
+    assert_eq!(
+        tenant(resolve(&t, Some("  "), &m).unwrap()).label,
+        "anonymous"
+    );
+    let other = tenant(resolve(&t, Some("bob"), &m).unwrap());
+    assert_eq!(other.label, "default");
+    assert_eq!(other.limits.requests.unwrap().per_minute, 5);
+    assert_ne!(
+        other.key,
+        tenant(resolve(&t, Some("carol"), &m).unwrap()).key
+    );
+}
+
+#[test]
+fn unknown_tenants_are_bounded_then_overflow() {
+    let t = tenants(
+        r#"{"header": "x-t", "default": {"requests_per_minute": 5}, "max_tracked_tenants": 3}"#,
+    );
+    let m = Mem::default();
+    let mut keys = Vec::new();
+    for id in ["a", "b", "c", "d", "e"] {
+        let tn = tenant(resolve(&t, Some(id), &m).unwrap());
+        // the bucket is created on first admission
+        admit(&m, &tn.key, &tn.limits, 0, 0).unwrap();
+        keys.push((tn.key, tn.label));
+    }
+    assert_eq!(keys[2].1, "default");
+    assert_eq!(keys[3].1, "overflow");
+    assert_eq!(keys[3].0, keys[4].0);
+    // already-tracked ids keep their own bucket
+    assert_eq!(tenant(resolve(&t, Some("a"), &m).unwrap()).key, keys[0].0);
+    // stored keys stay bounded: 3 tenants + overflow + counter
+    assert_eq!(m.map.borrow().len(), 5);
+}
+
+#[test]
+fn weird_or_long_ids_overflow() {
+    let t = tenants(r#"{"header": "x-t"}"#);
+    let m = Mem::default();
+    let long = "x".repeat(200);
+    assert_eq!(
+        tenant(resolve(&t, Some(&long), &m).unwrap()).label,
+        "overflow"
+    );
+    assert_eq!(
+        tenant(resolve(&t, Some("a b"), &m).unwrap()).label,
+        "overflow"
+    );
+}
+
+#[test]
+fn unknown_reject() {
+    let t = tenants(r#"{"header": "x-t", "unknown": "reject", "limits": {"acme": {}}}"#);
+    let m = Mem::default();
+    assert_eq!(resolve(&t, Some("bob"), &m).unwrap(), Resolved::Rejected);
+    assert_eq!(tenant(resolve(&t, Some("acme"), &m).unwrap()).label, "acme");
+}
+
+#[test]
+fn durations_like_openai() {
+    assert_eq!(format_duration(0), "0ms");
+    assert_eq!(format_duration(250), "250ms");
+    assert_eq!(format_duration(1000), "1s");
+    assert_eq!(format_duration(1001), "2s");
+    assert_eq!(format_duration(90_000), "1m30s");
+    assert_eq!(format_duration(3_600_000), "1h0m0s");
+}
+
+#[test]
+fn headers_report_both_buckets() {
+    let m = Mem::default();
+    let l = limits(Some(60), Some(1000));
+    let Admission::Admitted(status) = admit(&m, "k", &l, 100, 0).unwrap() else {
+        panic!()
+    };
+    let h = headers(&status);
+    let get = |n: &str| h.iter().find(|(k, _)| *k == n).unwrap().1.clone();
+    assert_eq!(get("x-ratelimit-limit-requests"), "60");
+    assert_eq!(get("x-ratelimit-remaining-requests"), "59");
+    assert_eq!(get("x-ratelimit-reset-requests"), "1s");
+    assert_eq!(get("x-ratelimit-limit-tokens"), "1000");
+    assert_eq!(get("x-ratelimit-remaining-tokens"), "900");
+    assert_eq!(get("x-ratelimit-reset-tokens"), "6s");
+    assert_eq!(h.len(), 6);
+}
+
+#[test]
+fn gate_refuses_with_openai_429() {
+    let t = tenants(
+        r#"{"header": "x-t", "limits": {"acme": {"requests_per_minute": 1, "tokens_per_minute": 100}}}"#,
+    );
+    let m = Mem::default();
+    assert!(matches!(
+        gate(&t, Some("acme"), 10, &m, 0),
+        Gate::Pass {
+            charged_tokens: 10,
+            ..
+        }
+    ));
+    match gate(&t, Some("acme"), 10, &m, 0) {
+        Gate::Refuse {
+            reply,
+            tenant_label,
+            bucket,
+        } => {
+            assert_eq!(reply.status, 429);
+            assert_eq!(tenant_label, "acme");
+            assert_eq!(bucket, Some(Bucket::Requests));
+            let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+            assert!(v["error"]["param"].is_null());
+            let h = |n: &str| {
+                reply
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, v)| v.clone())
+            };
+            assert_eq!(h("retry-after").as_deref(), Some("60"));
+            assert_eq!(h("x-ratelimit-remaining-requests").as_deref(), Some("0"));
+            assert_eq!(h("x-ratelimit-remaining-tokens").as_deref(), Some("90"));
+        }
+        g => panic!("{g:?}"),
+    }
+}
+
+#[test]
+fn gate_unknown_tenant_reject_is_401() {
+    let t = tenants(r#"{"header": "x-t", "unknown": "reject"}"#);
+    match gate(&t, Some("nobody"), 1, &Mem::default(), 0) {
+        Gate::Refuse { reply, bucket, .. } => {
+            assert_eq!(reply.status, 401);
+            assert_eq!(reply.code, "unknown_tenant");
+            assert_eq!(bucket, None);
+        }
+        g => panic!("{g:?}"),
+    }
+}
+
+#[test]
+fn token_cost_caps_the_completion_reservation() {
+    let t = tenants(r#"{"header": "x-t", "max_tokens_cap": 1000}"#);
+    assert_eq!(token_cost(&t, Some(50), Some(100)), 150);
+    assert_eq!(token_cost(&t, Some(50), Some(100_000)), 1050);
+    assert_eq!(token_cost(&t, Some(50), None), 1050);
+    assert_eq!(token_cost(&t, None, Some(10)), 0);
+}
+
+#[test]
+fn reconcile_rules() {
+    assert_eq!(reconcile_delta(500, Some(120), Outcome::Success), -380);
+    assert_eq!(reconcile_delta(500, Some(900), Outcome::Failed), 400);
+    assert_eq!(reconcile_delta(500, None, Outcome::Success), 0);
+    assert_eq!(reconcile_delta(500, None, Outcome::Failed), -500);
+    let cut = Outcome::StreamCut {
+        prompt_estimate: 100,
+        events: 20,
+    };
+    assert_eq!(reconcile_delta(500, None, cut), -380);
+}

@@ -1,0 +1,211 @@
+use super::{estimate_tokens, estimate_with, Params, PARAMS};
+
+/// Asserts that the estimate is within `tol` (a fraction) of a reference count measured with
+/// tiktoken's cl100k_base (`make bench` measures the whole corpus; these pin a few cases).
+fn assert_near(text: &str, cl100k: u64, tol: f64) {
+    let est = estimate_tokens(text);
+    let err = (est as f64 - cl100k as f64).abs() / cl100k as f64;
+    assert!(
+        err <= tol,
+        "estimate {est} vs cl100k {cl100k} (error {err:.2} > {tol}) for {text:?}"
+    );
+}
+
+#[test]
+fn empty_is_zero() {
+    assert_eq!(estimate_tokens(""), 0);
+}
+
+#[test]
+fn any_non_empty_text_is_at_least_one_token() {
+    for t in [
+        " ", "\n", "\t", "a", ".", "7", "\u{200d}", "\u{fe0f}", "\0", "é", "\u{a0}",
+    ] {
+        assert!(estimate_tokens(t) >= 1, "{t:?}");
+    }
+}
+
+#[test]
+fn whitespace_only() {
+    assert_eq!(estimate_tokens(" "), 1);
+    assert_eq!(estimate_tokens("\n\n"), 1);
+    assert!(estimate_tokens("        ") <= 2);
+    assert!(estimate_tokens(" \n \n\t\n") <= 2);
+    // Many separate blank lines between words still cost something each.
+    let text = "a\n\nb\n\nc\n\nd";
+    assert!(
+        (6..=9).contains(&estimate_tokens(text)),
+        "{}",
+        estimate_tokens(text)
+    );
+}
+
+#[test]
+fn digits_are_grouped_by_three() {
+    assert_eq!(estimate_tokens("7"), 1);
+    assert_eq!(estimate_tokens("123"), 1);
+    assert_near("123456789", 3, 0.0);
+    assert_near("1234567890123", 5, 0.25);
+    let long = "9".repeat(3000);
+    let est = estimate_tokens(&long);
+    assert!((800..=1200).contains(&est), "{est}");
+}
+
+#[test]
+fn english_prose() {
+    assert_near("Hello, world!", 4, 0.0);
+    assert_near("The quick brown fox jumps over the lazy dog.", 10, 0.15);
+    let para = "Rate limiting is easy to describe and surprisingly hard to get right. \
+                A token bucket refills at a steady rate and every request takes something \
+                out of it; when the bucket is empty, the client has to wait.";
+    // about 4.4 characters per token for ordinary English
+    let est = estimate_tokens(para) as f64;
+    let chars = para.chars().count() as f64;
+    assert!((3.6..=5.4).contains(&(chars / est)), "{est}");
+}
+
+#[test]
+fn long_words_cost_more_than_short_ones() {
+    let short = estimate_tokens("cat");
+    let long = estimate_tokens("internationalization");
+    let very_long = estimate_tokens("pneumonoultramicroscopicsilicovolcanoconiosis");
+    assert_eq!(short, 1);
+    assert!(long > short && long <= 6, "{long}");
+    assert!(very_long > long && very_long <= 15, "{very_long}");
+}
+
+#[test]
+fn camel_case_and_acronyms() {
+    assert_near("fetchWithRetry(url, options)", 7, 0.15);
+    assert_near("HTTP JSON API", 3, 0.34);
+    assert!(estimate_tokens("parseHttpRequestHeaderValue") >= 4);
+}
+
+#[test]
+fn code_snippet() {
+    let code = "fn main() {\n    let xs: Vec<u32> = (0..10).map(|i| i * i).collect();\n    \
+                for (i, x) in xs.iter().enumerate() {\n        if x % 2 == 0 {\n            \
+                println!(\"{i}: {x}\");\n        }\n    }\n}\n";
+    // cl100k_base: 66 tokens
+    assert_near(code, 66, 0.2);
+}
+
+#[test]
+fn json_body() {
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"What is 2+2?"}],"max_tokens":16}"#;
+    assert_near(body, 31, 0.15);
+}
+
+#[test]
+fn cjk_costs_about_a_token_per_character() {
+    let zh = "你好，世界！今天天气很好。";
+    assert_near(zh, 16, 0.25);
+    let ja = "こんにちは、世界。";
+    assert!((5..=10).contains(&estimate_tokens(ja)));
+    let ko = "안녕하세요 세계";
+    assert_near(ko, 9, 0.25);
+    // far more than bytes/4 would suggest per character
+    let many = zh.repeat(50);
+    assert!(estimate_tokens(&many) >= many.chars().count() as u64);
+}
+
+#[test]
+fn other_scripts() {
+    assert_near("Привет, как дела? Всё хорошо.", 17, 0.2);
+    assert_near("नमस्ते दुनिया", 13, 0.25);
+    let ar = estimate_tokens("مرحبا بك في المدينة");
+    assert!((8..=18).contains(&ar), "{ar}");
+    let de = estimate_tokens("Über die Brücke gehen wir später.");
+    assert!((8..=16).contains(&de), "{de}");
+}
+
+#[test]
+fn emoji_cost_several_tokens() {
+    let party = estimate_tokens("🎉🎉🎉");
+    assert!((6..=10).contains(&party), "{party}");
+    // a ZWJ family sequence: 4 pictographs and 3 joiners (cl100k: 18 tokens)
+    let family = estimate_tokens("👨\u{200d}👩\u{200d}👧\u{200d}👦");
+    assert!((11..=20).contains(&family), "{family}");
+}
+
+#[test]
+fn appending_text_never_lowers_the_estimate() {
+    let pieces = [
+        "Hello",
+        ", ",
+        "world",
+        "! ",
+        "123",
+        "4567",
+        " ",
+        "你好",
+        "🎉",
+        "\n\n    ",
+        "fn",
+        "(x)",
+        " Привет",
+        " déjà",
+        "vu",
+        " ...",
+        "\t",
+        "ABC",
+        "def",
+    ];
+    let mut text = String::new();
+    let mut last = 0;
+    for p in pieces.iter().cycle().take(200) {
+        text.push_str(p);
+        let est = estimate_tokens(&text);
+        assert!(
+            est + 1 >= last,
+            "estimate fell from {last} to {est} at {text:?}"
+        );
+        last = est.max(last);
+    }
+}
+
+#[test]
+fn repetition_scales_linearly() {
+    let unit = "The gateway reads the body, estimates tokens (about 1,024) and picks a tier.\n";
+    let one = estimate_tokens(unit);
+    let hundred = estimate_tokens(&unit.repeat(100));
+    assert!(one >= 10);
+    assert!(
+        hundred >= 95 * one && hundred <= 105 * one,
+        "{one} {hundred}"
+    );
+}
+
+#[test]
+fn very_long_input_does_not_overflow() {
+    // 4 MiB, past the largest body the filter parses.
+    let big = "a".repeat(4 << 20);
+    let est = estimate_tokens(&big);
+    assert!(est > 0 && est < (4 << 20));
+    let mixed = "lorem ipsum 12345 你好 🎉 {\"k\": [1, 2]}\n".repeat(100_000);
+    let est = estimate_tokens(&mixed);
+    assert!(est > 1_000_000 && est < mixed.len() as u64, "{est}");
+}
+
+#[test]
+fn costs_saturate_instead_of_overflowing() {
+    let huge = Params {
+        word_short: u64::MAX,
+        word_extra_per_char: u64::MAX,
+        han_per_char: u64::MAX,
+        digit_group: u64::MAX,
+        punct_first: u64::MAX,
+        newline_run: u64::MAX,
+        ..PARAMS
+    };
+    let text = "supercalifragilistic 你好 123456 ;;; \n\n x".repeat(10);
+    assert_eq!(estimate_with(&text, &huge), u64::MAX / 1000);
+}
+
+#[test]
+fn invalid_looking_and_control_input_is_handled() {
+    let text: String = (0u32..0x3000).filter_map(char::from_u32).collect();
+    let est = estimate_tokens(&text);
+    assert!(est > 1000, "{est}");
+    assert!(estimate_tokens("\u{10ffff}\u{e0001}\u{fffd}") >= 1);
+}
