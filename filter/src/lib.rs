@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod config;
+pub mod endpoints;
 pub mod glue;
 pub mod metrics;
 pub mod plan;

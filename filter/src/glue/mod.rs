@@ -4,6 +4,7 @@
 //! every request on that worker), so `hostcalls` is used directly (see `host`).
 
 mod host;
+mod picker;
 mod stats;
 
 use crate::body::InvalidBody;
@@ -32,7 +33,13 @@ const MAX_JSON_RESPONSE: usize = 4 * 1024 * 1024;
 struct Shared {
     cfg: Config,
     stats: Stats,
+    /// Bearer token the load sidecar must present (from the environment).
+    push_token: Option<String>,
+    snapshots: picker::SnapshotCache,
 }
+
+/// Largest load snapshot accepted from the sidecar.
+const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024;
 
 /// One per VM (worker thread).
 #[derive(Default)]
@@ -61,7 +68,22 @@ impl RootContext for Root {
                     if cfg.tenants.is_some() { "on" } else { "off" },
                 );
                 let stats = Stats::new(Catalog::from_config(&cfg));
-                self.shared = Some(Rc::new(Shared { cfg, stats }));
+                let push_token = cfg.endpoints.as_ref().and_then(|e| {
+                    let token = std::env::var(&e.push_token_env).ok().filter(|t| !t.is_empty());
+                    if token.is_none() {
+                        warn!(
+                            "llm-router: endpoints: environment variable {} is not set: load pushes will be refused",
+                            e.push_token_env
+                        );
+                    }
+                    token
+                });
+                self.shared = Some(Rc::new(Shared {
+                    cfg,
+                    stats,
+                    push_token,
+                    snapshots: picker::SnapshotCache::default(),
+                }));
                 true
             }
             Err(e) => {
@@ -92,6 +114,8 @@ struct Routed {
     /// Rate-limit charge to reconcile: tenant and tokens charged.
     charge: Option<(ratelimit::Tenant, u64)>,
     limits_status: Option<ratelimit::Status>,
+    /// In-flight count to release at the end (an endpoint was picked).
+    ticket: Option<picker::Ticket>,
 }
 
 enum ResponseScan {
@@ -113,6 +137,8 @@ pub struct Http {
     status_code: Option<u32>,
     response: ResponseScan,
     response_ended: bool,
+    /// This request is a load push from the sidecar (answered by the filter).
+    push: bool,
 }
 
 impl Http {
@@ -127,6 +153,7 @@ impl Http {
             status_code: None,
             response: ResponseScan::None,
             response_ended: false,
+            push: false,
         }
     }
 
@@ -169,6 +196,7 @@ impl Http {
             stream: fwd.stream,
             charge: None,
             limits_status: None,
+            ticket: None,
         };
 
         if let Some(tenants) = &sh.cfg.tenants {
@@ -204,6 +232,48 @@ impl Http {
             }
         }
 
+        let mut fwd = fwd;
+        if let Some(ep_cfg) = &sh.cfg.endpoints {
+            let pool = sh
+                .cfg
+                .tiers
+                .get(fwd.tier)
+                .map(|t| t.name.as_str())
+                .unwrap_or("");
+            let header_crit = ep_cfg
+                .criticality_header
+                .as_deref()
+                .and_then(|h| plan::header(&headers, h));
+            let crit = crate::endpoints::criticality(fwd.criticality, header_crit);
+            match sh
+                .snapshots
+                .pick(ep_cfg, pool, crit, now_ms(), random_u64())
+            {
+                picker::Outcome::Picked { address, ticket } => {
+                    let label = sh.stats.endpoint_label(&address);
+                    sh.stats.inc(Metric::EndpointPicked, &[tier, label]);
+                    fwd.set_headers
+                        .push((sh.cfg.headers.endpoint.clone(), address));
+                    routed.ticket = Some(ticket);
+                }
+                picker::Outcome::Shed => {
+                    sh.stats.inc(Metric::Shed, &[model]);
+                    self.routed = Some(routed);
+                    let reply = LocalReply::error(
+                        429,
+                        "server_error",
+                        "overloaded",
+                        "Every model server for this request is at capacity; retry shortly.",
+                    )
+                    .with_header("retry-after", "1".to_string());
+                    return self.reply(&reply);
+                }
+                picker::Outcome::Fallback(why) => {
+                    sh.stats.inc(Metric::EndpointFallback, &[tier, why as u16]);
+                }
+            }
+        }
+
         sh.stats.inc(
             Metric::ModelSelected,
             &[tier, model, metrics::select_reason(fwd.reason)],
@@ -219,9 +289,12 @@ impl Http {
     /// Everything that happens once per request at its end: reconcile the token charge with
     /// real usage and count the request.
     fn finish(&mut self, sh: &Shared) {
-        let Some(routed) = self.routed.take() else {
+        let Some(mut routed) = self.routed.take() else {
             return;
         };
+        if let Some(ticket) = routed.ticket.take() {
+            ticket.release();
+        }
         let usage: Option<Usage> = match &self.response {
             ResponseScan::Sse(s) => s.usage,
             ResponseScan::Json(body) if self.response_ended => usage::json_usage(body),
@@ -283,6 +356,81 @@ impl Http {
     }
 }
 
+impl Http {
+    /// A load push from the sidecar: the filter answers it itself, it never goes upstream.
+    fn push_headers(
+        &mut self,
+        sh: &Shared,
+        headers: &plan::Headers,
+        method: &str,
+        end_of_stream: bool,
+    ) -> Action {
+        if method != "POST" {
+            let reply = LocalReply::error(
+                405,
+                "invalid_request_error",
+                "method_not_allowed",
+                "Load snapshots are pushed with POST.",
+            )
+            .with_header("allow", "POST".to_string());
+            return self.reply(&reply);
+        }
+        let source = property_string(&["source".to_string(), "address".to_string()]);
+        let auth = plan::header(headers, "authorization");
+        if let Err(why) =
+            crate::endpoints::authorize(source.as_deref(), auth, sh.push_token.as_deref())
+        {
+            warn!("llm-router: load push refused ({why:?}) from {source:?}");
+            let reply = LocalReply::error(
+                403,
+                "permission_error",
+                "forbidden",
+                "Load pushes need the configured token and a loopback source.",
+            );
+            return self.reply(&reply);
+        }
+        if end_of_stream {
+            return self.push_body(0, true);
+        }
+        self.push = true;
+        Action::Pause
+    }
+
+    fn push_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if body_size > MAX_SNAPSHOT_BYTES {
+            self.push = false;
+            let reply = LocalReply::error(
+                413,
+                "invalid_request_error",
+                "request_too_large",
+                "The load snapshot is too large.",
+            );
+            return self.reply(&reply);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.push = false;
+        let body = request_body(body_size);
+        let reply = match crate::endpoints::Snapshot::parse(&body) {
+            Err(why) => LocalReply::error(400, "invalid_request_error", "invalid_snapshot", &why),
+            Ok(_) => match picker::store_snapshot(&body, now_ms()) {
+                Ok(()) => LocalReply {
+                    status: 204,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                    code: "",
+                },
+                Err(e) => {
+                    warn!("llm-router: cannot store the load snapshot: {e:?}");
+                    LocalReply::error(503, "server_error", "unavailable", "Snapshot not stored.")
+                }
+            },
+        };
+        self.reply(&reply)
+    }
+}
+
 /// Sets the routing headers and the rewritten body, and has Envoy match the route again.
 fn apply_forward(fwd: &Forward, body_size: usize) {
     for (name, value) in &fwd.set_headers {
@@ -312,6 +460,11 @@ impl HttpContext for Http {
         let headers = request_headers();
         let method = plan::header(&headers, ":method").unwrap_or_default();
         let path = plan::header(&headers, ":path").unwrap_or_default();
+        if let Some(ep) = &sh.cfg.endpoints {
+            if path.split('?').next() == Some(ep.push_path.as_str()) {
+                return self.push_headers(&sh, &headers, method, end_of_stream);
+            }
+        }
         if method != "POST" || !sh.cfg.is_api_path(path) {
             return Action::Continue;
         }
@@ -331,6 +484,9 @@ impl HttpContext for Http {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.push {
+            return self.push_body(body_size, end_of_stream);
+        }
         if !self.inspecting {
             return Action::Continue;
         }

@@ -26,7 +26,6 @@ impl Stats {
     }
 
     /// Label index of an endpoint address (the catalog grows up to its bound).
-    #[allow(dead_code)] // used by endpoint picking
     pub fn endpoint_label(&self, address: &str) -> u16 {
         self.catalog.borrow_mut().endpoint(address)
     }

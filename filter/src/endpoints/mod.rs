@@ -1,0 +1,306 @@
+//! Load-aware endpoint picking from the load snapshot a sidecar pushes in.
+//!
+//! The snapshot lists, per pool (a pool is named like the tier it serves), each model server
+//! with its queue (`waiting`), `running` requests and KV-cache use. Per request the pool's
+//! endpoints are filtered (unhealthy; saturated: queue at `max_queue` or KV cache at
+//! `max_kv_cache`), scored, and the lowest score wins, ties broken at random. Requests this
+//! proxy sent to an endpoint since the snapshot count as queued there, so a burst between two
+//! snapshots spreads out instead of piling onto the one endpoint that looked idle.
+
+use crate::config::{Criticality, Endpoints};
+use serde::Deserialize;
+use std::net::SocketAddr;
+
+/// Most endpoints kept per pool (a larger snapshot is refused as malformed).
+pub const MAX_ENDPOINTS_PER_POOL: usize = 1024;
+pub const MAX_POOLS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Endpoint {
+    pub address: String,
+    #[serde(default)]
+    pub waiting: u64,
+    #[serde(default)]
+    pub running: u64,
+    #[serde(default)]
+    pub kv_cache: f64,
+    /// The sidecar could scrape it (absent = healthy, the original snapshot format).
+    #[serde(default = "yes")]
+    pub healthy: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Snapshot {
+    /// (pool name, endpoints), in the snapshot's order.
+    pub pools: Vec<(String, Vec<Endpoint>)>,
+}
+
+#[derive(Deserialize)]
+struct WireSnapshot {
+    pools: std::collections::BTreeMap<String, Vec<Endpoint>>,
+    // `generated_at_ms`, `seq` and other fields are accepted and ignored: staleness is judged
+    // by arrival time at the proxy, which needs no clock agreement with the sidecar.
+}
+
+impl Snapshot {
+    /// Parses and checks a pushed snapshot; the error says what is wrong (for the 400 reply).
+    pub fn parse(body: &[u8]) -> Result<Snapshot, String> {
+        let wire: WireSnapshot =
+            serde_json::from_slice(body).map_err(|e| format!("malformed snapshot: {e}"))?;
+        if wire.pools.len() > MAX_POOLS {
+            return Err(format!("more than {MAX_POOLS} pools"));
+        }
+        let mut pools = Vec::with_capacity(wire.pools.len());
+        for (name, eps) in wire.pools {
+            if eps.len() > MAX_ENDPOINTS_PER_POOL {
+                return Err(format!(
+                    "pool {name}: more than {MAX_ENDPOINTS_PER_POOL} endpoints"
+                ));
+            }
+            for e in &eps {
+                if e.address.parse::<SocketAddr>().is_err() {
+                    return Err(format!(
+                        "pool {name}: address {:?} is not ip:port",
+                        e.address
+                    ));
+                }
+                if !e.kv_cache.is_finite() || e.kv_cache < 0.0 {
+                    return Err(format!("pool {name}: {}: bad kv_cache", e.address));
+                }
+            }
+            pools.push((name, eps));
+        }
+        Ok(Snapshot { pools })
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&[Endpoint]> {
+        self.pools
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, e)| e.as_slice())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 403: the source is not loopback.
+    NotLoopback,
+    /// 403: missing or wrong bearer token (or none configured).
+    BadToken,
+}
+
+/// A push is accepted only from loopback and with the configured bearer token.
+pub fn authorize(
+    source_address: Option<&str>,
+    authorization: Option<&str>,
+    token: Option<&str>,
+) -> Result<(), Refusal> {
+    let loopback = source_address
+        .and_then(|s| s.parse::<SocketAddr>().ok())
+        .is_some_and(|a| a.ip().is_loopback());
+    if !loopback {
+        return Err(Refusal::NotLoopback);
+    }
+    let presented = authorization.and_then(|h| {
+        let (scheme, rest) = h.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    match (token, presented) {
+        (Some(t), Some(p)) if !t.is_empty() && constant_time_eq(t.as_bytes(), p.as_bytes()) => {
+            Ok(())
+        }
+        _ => Err(Refusal::BadToken),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pick {
+    /// Index into the pool of the endpoint to use.
+    Endpoint(usize),
+    /// Every usable endpoint is saturated and the request is sheddable: answer 429 overloaded.
+    Shed,
+    /// No usable endpoint (none healthy): leave it to the gateway's load balancing.
+    NoEndpoint,
+}
+
+/// Whether an endpoint cannot take more work (`extra` = requests sent since the snapshot).
+pub fn saturated(e: &Endpoint, extra: u64, cfg: &Endpoints) -> bool {
+    e.waiting.saturating_add(extra) >= cfg.max_queue || e.kv_cache >= cfg.max_kv_cache
+}
+
+/// Lower is better: queue (with requests sent since the snapshot) and KV cache, each as a
+/// fraction of its saturation point, with running requests as a light tie-breaker.
+pub fn score(e: &Endpoint, extra: u64, cfg: &Endpoints) -> f64 {
+    let queue = e.waiting.saturating_add(extra) as f64 / cfg.max_queue.max(1) as f64;
+    let kv = e.kv_cache / cfg.max_kv_cache;
+    queue + kv + e.running as f64 * 0.01
+}
+
+/// Scores within this of the best count as a tie.
+const TIE: f64 = 1e-9;
+
+/// Picks an endpoint. `extra(i)` is the number of requests sent to endpoint `i` since the
+/// snapshot; `roll` is a random number for tie-breaking.
+pub fn pick(
+    pool: &[Endpoint],
+    extra: impl Fn(usize) -> u64,
+    cfg: &Endpoints,
+    criticality: Criticality,
+    roll: u64,
+) -> Pick {
+    let healthy: Vec<(usize, u64)> = pool
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.healthy)
+        .map(|(i, _)| (i, extra(i)))
+        .collect();
+    if healthy.is_empty() {
+        return Pick::NoEndpoint;
+    }
+    let open: Vec<(usize, u64)> = healthy
+        .iter()
+        .copied()
+        .filter(|(i, x)| pool.get(*i).is_some_and(|e| !saturated(e, *x, cfg)))
+        .collect();
+    let candidates = if open.is_empty() {
+        if criticality == Criticality::Sheddable {
+            return Pick::Shed;
+        }
+        healthy
+    } else {
+        open
+    };
+    let scored: Vec<(usize, f64)> = candidates
+        .iter()
+        .filter_map(|(i, x)| pool.get(*i).map(|e| (*i, score(e, *x, cfg))))
+        .collect();
+    let best = scored.iter().map(|(_, s)| *s).fold(f64::INFINITY, f64::min);
+    let ties: Vec<usize> = scored
+        .iter()
+        .filter(|(_, s)| *s <= best + TIE)
+        .map(|(i, _)| *i)
+        .collect();
+    let n = ties.len() as u64;
+    if n == 0 {
+        return Pick::NoEndpoint;
+    }
+    let k = usize::try_from(roll % n).unwrap_or(0);
+    ties.get(k)
+        .copied()
+        .map_or(Pick::NoEndpoint, Pick::Endpoint)
+}
+
+/// Criticality of a request: the `models` entry's, lowered (never raised) by the optional
+/// criticality header.
+pub fn criticality(from_model: Criticality, header: Option<&str>) -> Criticality {
+    let asked = match header.map(|h| h.trim().to_ascii_lowercase()).as_deref() {
+        Some("sheddable") => Criticality::Sheddable,
+        Some("standard") => Criticality::Standard,
+        Some("critical") => Criticality::Critical,
+        _ => return from_model,
+    };
+    asked.min(from_model)
+}
+
+/// The in-flight count stored per endpoint: `count` requests sent since snapshot `version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InFlight {
+    pub version: u64,
+    pub count: u32,
+}
+
+impl InFlight {
+    pub fn encode(&self) -> [u8; 12] {
+        let mut out = [0u8; 12];
+        let (a, b) = out.split_at_mut(8);
+        a.copy_from_slice(&self.version.to_le_bytes());
+        b.copy_from_slice(&self.count.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<InFlight> {
+        if bytes.len() != 12 {
+            return None;
+        }
+        Some(InFlight {
+            version: u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?),
+            count: u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?),
+        })
+    }
+
+    /// Requests counted against the snapshot `version` (older counts are already part of the
+    /// newer snapshot's load).
+    pub fn current(&self, version: u64) -> u64 {
+        if self.version == version {
+            u64::from(self.count)
+        } else {
+            0
+        }
+    }
+
+    /// After one more request is sent under snapshot `version`.
+    pub fn plus_one(&self, version: u64) -> InFlight {
+        InFlight {
+            version,
+            count: u32::try_from(self.current(version) + 1).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// After a request sent under `version` ended: only counts of that same snapshot go down.
+    pub fn minus_one(&self, version: u64) -> InFlight {
+        if self.version == version {
+            InFlight {
+                version,
+                count: self.count.saturating_sub(1),
+            }
+        } else {
+            *self
+        }
+    }
+}
+
+/// Snapshot metadata stored beside it: a version that changes with every push, and the
+/// proxy's time of arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub version: u64,
+    pub received_ms: u64,
+}
+
+impl Meta {
+    pub fn encode(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        let (a, b) = out.split_at_mut(8);
+        a.copy_from_slice(&self.version.to_le_bytes());
+        b.copy_from_slice(&self.received_ms.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Meta> {
+        if bytes.len() != 16 {
+            return None;
+        }
+        Some(Meta {
+            version: u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?),
+            received_ms: u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?),
+        })
+    }
+
+    pub fn is_stale(&self, now_ms: u64, cfg: &Endpoints) -> bool {
+        now_ms.saturating_sub(self.received_ms) > cfg.stale_after_ms
+    }
+}
+
+#[cfg(test)]
+mod tests;

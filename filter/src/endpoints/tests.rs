@@ -1,0 +1,260 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+
+fn cfg() -> Endpoints {
+    Endpoints {
+        push_path: "/.well-known/llm-router/load".into(),
+        push_token_env: "T".into(),
+        stale_after_ms: 2000,
+        max_queue: 5,
+        max_kv_cache: 0.8,
+        criticality_header: None,
+    }
+}
+
+fn ep(addr: &str, waiting: u64, kv: f64) -> Endpoint {
+    Endpoint {
+        address: addr.into(),
+        waiting,
+        running: 0,
+        kv_cache: kv,
+        healthy: true,
+    }
+}
+
+fn none(_: usize) -> u64 {
+    0
+}
+
+#[test]
+fn parses_the_sidecar_format() {
+    let s = Snapshot::parse(
+        br#"{"pools":{"small":[{"address":"10.0.0.1:8000","waiting":2,"running":3,"kv_cache":0.5,"healthy":true},
+                              {"address":"10.0.0.2:8000","waiting":0,"running":0,"kv_cache":0.0,"healthy":false}],
+                     "large":[]},
+            "generated_at_ms":1700000000000,"seq":4}"#,
+    )
+    .unwrap();
+    let small = s.pool("small").unwrap();
+    assert_eq!(small.len(), 2);
+    assert_eq!(small[0].waiting, 2);
+    assert!(!small[1].healthy);
+    assert_eq!(s.pool("large").unwrap().len(), 0);
+    assert!(s.pool("xl").is_none());
+    // the SPEC's original format: no `healthy`
+    let s = Snapshot::parse(
+        br#"{"pools":{"p":[{"address":"[::1]:80","waiting":1,"running":1,"kv_cache":0.1}]}}"#,
+    )
+    .unwrap();
+    assert!(s.pool("p").unwrap()[0].healthy);
+}
+
+#[test]
+fn malformed_snapshots_are_refused() {
+    for bad in [
+        &b"nope"[..],
+        br#"{}"#,
+        br#"{"pools":[]}"#,
+        br#"{"pools":{"p":[{"address":"host-name:80"}]}}"#,
+        br#"{"pools":{"p":[{"address":"10.0.0.1"}]}}"#,
+        br#"{"pools":{"p":[{"address":"10.0.0.1:80","waiting":-1}]}}"#,
+        br#"{"pools":{"p":[{"address":"10.0.0.1:80","kv_cache":-0.5}]}}"#,
+        br#"{"pools":{"p":[{"waiting":1}]}}"#,
+    ] {
+        assert!(
+            Snapshot::parse(bad).is_err(),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
+fn push_needs_loopback_and_the_token() {
+    let t = Some("s3cret");
+    assert_eq!(
+        authorize(Some("127.0.0.1:5555"), Some("Bearer s3cret"), t),
+        Ok(())
+    );
+    assert_eq!(
+        authorize(Some("[::1]:5555"), Some("bearer s3cret"), t),
+        Ok(())
+    );
+    assert_eq!(
+        authorize(Some("10.1.2.3:5555"), Some("Bearer s3cret"), t),
+        Err(Refusal::NotLoopback)
+    );
+    assert_eq!(
+        authorize(None, Some("Bearer s3cret"), t),
+        Err(Refusal::NotLoopback)
+    );
+    assert_eq!(
+        authorize(Some("127.0.0.1:1"), Some("Bearer wrong"), t),
+        Err(Refusal::BadToken)
+    );
+    assert_eq!(
+        authorize(Some("127.0.0.1:1"), None, t),
+        Err(Refusal::BadToken)
+    );
+    assert_eq!(
+        authorize(Some("127.0.0.1:1"), Some("Basic s3cret"), t),
+        Err(Refusal::BadToken)
+    );
+    // no token configured: every push is refused
+    assert_eq!(
+        authorize(Some("127.0.0.1:1"), Some("Bearer "), None),
+        Err(Refusal::BadToken)
+    );
+    assert_eq!(
+        authorize(Some("127.0.0.1:1"), Some("Bearer x"), Some("")),
+        Err(Refusal::BadToken)
+    );
+}
+
+#[test]
+fn least_loaded_wins() {
+    let pool = [ep("a:1", 3, 0.2), ep("b:1", 0, 0.1), ep("c:1", 1, 0.1)];
+    assert_eq!(
+        pick(&pool, none, &cfg(), Criticality::Standard, 0),
+        Pick::Endpoint(1)
+    );
+}
+
+#[test]
+fn kv_cache_counts() {
+    let pool = [ep("a:1", 1, 0.05), ep("b:1", 1, 0.7)];
+    assert_eq!(
+        pick(&pool, none, &cfg(), Criticality::Standard, 0),
+        Pick::Endpoint(0)
+    );
+}
+
+#[test]
+fn requests_sent_since_the_snapshot_count_as_queue() {
+    let pool = [ep("a:1", 0, 0.1), ep("b:1", 1, 0.1)];
+    assert_eq!(
+        pick(&pool, |i| [2, 0][i], &cfg(), Criticality::Standard, 0),
+        Pick::Endpoint(1)
+    );
+}
+
+#[test]
+fn saturated_and_unhealthy_are_skipped() {
+    let mut down = ep("d:1", 0, 0.0);
+    down.healthy = false;
+    let pool = [
+        ep("a:1", 5, 0.1),
+        ep("b:1", 0, 0.85),
+        down,
+        ep("c:1", 4, 0.7),
+    ];
+    assert_eq!(
+        pick(&pool, none, &cfg(), Criticality::Standard, 0),
+        Pick::Endpoint(3)
+    );
+}
+
+#[test]
+fn all_saturated_sheds_only_sheddable() {
+    let pool = [ep("a:1", 9, 0.1), ep("b:1", 6, 0.1)];
+    assert_eq!(
+        pick(&pool, none, &cfg(), Criticality::Sheddable, 0),
+        Pick::Shed
+    );
+    assert_eq!(
+        pick(&pool, none, &cfg(), Criticality::Standard, 0),
+        Pick::Endpoint(1)
+    );
+    assert_eq!(
+        pick(&pool, none, &cfg(), Criticality::Critical, 0),
+        Pick::Endpoint(1)
+    );
+}
+
+#[test]
+fn no_healthy_endpoint_falls_back() {
+    let mut a = ep("a:1", 0, 0.0);
+    a.healthy = false;
+    assert_eq!(
+        pick(&[a], none, &cfg(), Criticality::Standard, 0),
+        Pick::NoEndpoint
+    );
+    assert_eq!(
+        pick(&[], none, &cfg(), Criticality::Sheddable, 0),
+        Pick::NoEndpoint
+    );
+}
+
+#[test]
+fn ties_are_broken_at_random() {
+    let pool = [ep("a:1", 0, 0.0), ep("b:1", 2, 0.0), ep("c:1", 0, 0.0)];
+    let mut seen = [0; 3];
+    for roll in 0..100 {
+        if let Pick::Endpoint(i) = pick(&pool, none, &cfg(), Criticality::Standard, roll) {
+            seen[i] += 1;
+        }
+    }
+    assert_eq!(seen[1], 0);
+    assert_eq!(seen[0], 50);
+    assert_eq!(seen[2], 50);
+}
+
+#[test]
+fn criticality_header_only_lowers() {
+    use Criticality::*;
+    assert_eq!(criticality(Standard, Some("sheddable")), Sheddable);
+    assert_eq!(criticality(Standard, Some("critical")), Standard);
+    assert_eq!(criticality(Critical, Some("Standard")), Standard);
+    assert_eq!(criticality(Sheddable, None), Sheddable);
+    assert_eq!(criticality(Standard, Some("bogus")), Standard);
+}
+
+#[test]
+fn in_flight_counts_follow_the_snapshot_version() {
+    let f = InFlight::default().plus_one(7).plus_one(7);
+    assert_eq!(f.current(7), 2);
+    assert_eq!(f.current(8), 0, "a new snapshot already includes them");
+    assert_eq!(
+        f.plus_one(8),
+        InFlight {
+            version: 8,
+            count: 1
+        }
+    );
+    assert_eq!(f.minus_one(7).current(7), 1);
+    let newer = InFlight {
+        version: 8,
+        count: 3,
+    };
+    assert_eq!(
+        newer.minus_one(7),
+        newer,
+        "ends of older requests do not touch newer counts"
+    );
+    assert_eq!(InFlight::decode(&f.encode()), Some(f));
+    assert_eq!(
+        InFlight {
+            version: 1,
+            count: 0
+        }
+        .minus_one(1)
+        .count,
+        0
+    );
+}
+
+#[test]
+fn staleness_is_by_arrival_time() {
+    let m = Meta {
+        version: 3,
+        received_ms: 10_000,
+    };
+    assert_eq!(Meta::decode(&m.encode()), Some(m));
+    assert!(!m.is_stale(12_000, &cfg()));
+    assert!(m.is_stale(12_001, &cfg()));
+    assert!(
+        !m.is_stale(5_000, &cfg()),
+        "clock going backwards is not staleness"
+    );
+}

@@ -1,0 +1,165 @@
+//! Host side of endpoint picking: the pushed snapshot and the per-endpoint in-flight counts in
+//! shared data, and the snapshot parsed once per version per VM.
+
+use super::host::SharedData;
+use crate::config::{Criticality, Endpoints};
+use crate::endpoints::{self, InFlight, Meta, Pick, Snapshot};
+use crate::ratelimit::{Store, StoreError, CREATE_CAS, MAX_CAS_RETRIES};
+use log::warn;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+const META_KEY: &str = "llm_router/ep/meta";
+const SNAPSHOT_KEY: &str = "llm_router/ep/snapshot";
+
+fn inflight_key(pool: &str, address: &str) -> String {
+    format!("llm_router/ep/inflight/{pool}/{address}")
+}
+
+/// Per-VM cache of the parsed snapshot, keyed by its version.
+#[derive(Default)]
+pub struct SnapshotCache {
+    cached: RefCell<Option<(u64, Rc<Snapshot>)>>,
+}
+
+/// Why no endpoint was named (index into `metrics::FALLBACK_REASON`).
+pub enum Fallback {
+    NoSnapshot = 0,
+    Stale = 1,
+    NoEndpoint = 2,
+}
+
+pub enum Outcome {
+    /// Send to this address; release `Ticket` when the request ends.
+    Picked {
+        address: String,
+        ticket: Ticket,
+    },
+    Shed,
+    Fallback(Fallback),
+}
+
+/// An in-flight count to give back when the request ends.
+pub struct Ticket {
+    key: String,
+    version: u64,
+}
+
+/// Stores a pushed snapshot (already validated) for every worker.
+pub fn store_snapshot(body: &[u8], now_ms: u64) -> Result<(), StoreError> {
+    let store = SharedData;
+    SharedData.set(SNAPSHOT_KEY, body, 0)?;
+    for _ in 0..MAX_CAS_RETRIES {
+        let (version, cas) = match store.get(META_KEY)? {
+            Some((b, cas)) => (Meta::decode(&b).map_or(0, |m| m.version), cas),
+            None => (0, CREATE_CAS),
+        };
+        let meta = Meta {
+            version: version + 1,
+            received_ms: now_ms,
+        };
+        match store.set(META_KEY, &meta.encode(), cas) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::CasMismatch) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Other("snapshot version contended".into()))
+}
+
+impl SnapshotCache {
+    fn current(&self, version: u64) -> Option<Rc<Snapshot>> {
+        if let Some((v, snap)) = &*self.cached.borrow() {
+            if *v == version {
+                return Some(snap.clone());
+            }
+        }
+        let bytes = match SharedData.get(SNAPSHOT_KEY) {
+            Ok(Some((b, _))) => b,
+            _ => return None,
+        };
+        let snap = Rc::new(Snapshot::parse(&bytes).ok()?);
+        *self.cached.borrow_mut() = Some((version, snap.clone()));
+        Some(snap)
+    }
+
+    /// Picks an endpoint of `pool` for a request and counts it in flight.
+    pub fn pick(
+        &self,
+        cfg: &Endpoints,
+        pool: &str,
+        criticality: Criticality,
+        now_ms: u64,
+        roll: u64,
+    ) -> Outcome {
+        let meta = match SharedData.get(META_KEY) {
+            Ok(Some((b, _))) => Meta::decode(&b),
+            _ => None,
+        };
+        let Some(meta) = meta else {
+            return Outcome::Fallback(Fallback::NoSnapshot);
+        };
+        if meta.is_stale(now_ms, cfg) {
+            return Outcome::Fallback(Fallback::Stale);
+        }
+        let Some(snap) = self.current(meta.version) else {
+            return Outcome::Fallback(Fallback::NoSnapshot);
+        };
+        let Some(endpoints) = snap.pool(pool) else {
+            return Outcome::Fallback(Fallback::NoEndpoint);
+        };
+        let extra = |i: usize| -> u64 {
+            let Some(e) = endpoints.get(i) else { return 0 };
+            match SharedData.get(&inflight_key(pool, &e.address)) {
+                Ok(Some((b, _))) => InFlight::decode(&b).map_or(0, |f| f.current(meta.version)),
+                _ => 0,
+            }
+        };
+        match endpoints::pick(endpoints, extra, cfg, criticality, roll) {
+            Pick::Endpoint(i) => {
+                let Some(e) = endpoints.get(i) else {
+                    return Outcome::Fallback(Fallback::NoEndpoint);
+                };
+                let key = inflight_key(pool, &e.address);
+                if let Err(err) = update(&key, |f| f.plus_one(meta.version)) {
+                    warn!("llm-router: cannot count in-flight request: {err:?}");
+                }
+                Outcome::Picked {
+                    address: e.address.clone(),
+                    ticket: Ticket {
+                        key,
+                        version: meta.version,
+                    },
+                }
+            }
+            Pick::Shed => Outcome::Shed,
+            Pick::NoEndpoint => Outcome::Fallback(Fallback::NoEndpoint),
+        }
+    }
+}
+
+impl Ticket {
+    /// The request ended (answered, failed or cancelled): it is no longer in flight.
+    pub fn release(self) {
+        let version = self.version;
+        if let Err(err) = update(&self.key, |f| f.minus_one(version)) {
+            warn!("llm-router: cannot release in-flight request: {err:?}");
+        }
+    }
+}
+
+/// Read-modify-write of an in-flight count with compare-and-swap.
+fn update(key: &str, f: impl Fn(&InFlight) -> InFlight) -> Result<(), StoreError> {
+    for _ in 0..MAX_CAS_RETRIES {
+        let (current, cas) = match SharedData.get(key)? {
+            Some((b, cas)) => (InFlight::decode(&b).unwrap_or_default(), cas),
+            None => (InFlight::default(), CREATE_CAS),
+        };
+        match SharedData.set(key, &f(&current).encode(), cas) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::CasMismatch) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Other(format!("{key}: contended")))
+}
