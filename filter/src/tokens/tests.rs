@@ -86,8 +86,7 @@ fn code_snippet() {
     let code = "fn main() {\n    let xs: Vec<u32> = (0..10).map(|i| i * i).collect();\n    \
                 for (i, x) in xs.iter().enumerate() {\n        if x % 2 == 0 {\n            \
                 println!(\"{i}: {x}\");\n        }\n    }\n}\n";
-    // cl100k_base: 66 tokens
-    assert_near(code, 66, 0.2);
+    assert_near(code, 65, 0.2);
 }
 
 #[test]
