@@ -21,8 +21,8 @@ $(WASM): $(shell find filter/src -name '*.rs' 2>/dev/null) filter/Cargo.toml Car
 
 test: lint test-unit test-wasm-unit test-host-sim validate test-e2e ## Everything CI runs: lint, unit (native + wasm32), host-sim, envoy validate, end-to-end
 
-test-unit: ## Unit tests of the pure logic and the native crates
-	cargo test --workspace
+test-unit: ## Unit tests of the pure logic and the native crates (host-sim runs in test-host-sim)
+	cargo test --workspace --exclude host-sim
 
 test-wasm-unit: ## The filter's unit tests compiled to wasm32-wasip1 and run under a WASI runtime
 	@scripts/test-wasm-unit.sh

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs Debian's wasm32-wasip1-capable Rust toolchain when it is missing (idempotent).
+# `setup-debian-wasm.sh clippy` also installs Debian's clippy for that toolchain (lint only).
 set -euo pipefail
 need=()
+if [ "${1:-}" = clippy ] && [ ! -x /usr/bin/clippy-driver ]; then need+=(rust-web-clippy); fi
 [ -x /usr/bin/cargo ] || need+=(cargo-web)
 [ -x /usr/bin/rustc ] || need+=(rustc-web)
 [ -d /usr/lib/rustlib/src/rust/library ] || need+=(rust-web-src)

@@ -146,15 +146,22 @@ fn status_of(state: &State, limits: &Limits) -> Status {
     }
 }
 
-/// Units charged at admission: the cost, but at most the bucket's capacity, so a request larger
-/// than the whole burst can still run when the bucket is full (reconciliation then charges the
-/// rest as debt) instead of being refused forever.
+/// What admission charges for `amount`: the amount, but at most the bucket's burst, so a
+/// request larger than the whole burst can still run when the bucket is full (reconciliation
+/// then charges the rest as debt) instead of being refused forever. Reconciliation must start
+/// from this figure, not from `amount`.
+pub fn charged(amount: u64, limit: &Option<BucketLimit>) -> u64 {
+    match limit {
+        Some(l) => amount.min(l.burst),
+        None => amount,
+    }
+}
+
 fn admission_units(amount: u64, limit: &Option<BucketLimit>) -> i64 {
     match limit {
-        Some(l) => i64::try_from(amount)
+        Some(_) => i64::try_from(charged(amount, limit))
             .unwrap_or(i64::MAX)
-            .saturating_mul(UNIT)
-            .min(bucket::capacity(l)),
+            .saturating_mul(UNIT),
         None => 0,
     }
 }
@@ -443,8 +450,8 @@ pub fn gate(cfg: &Tenants, id: Option<&str>, cost: u64, store: &dyn Store, now_m
     };
     match admit(store, &tenant.key, &tenant.limits, cost, now_ms) {
         Ok(Admission::Admitted(status)) => Gate::Pass {
+            charged_tokens: charged(cost, &tenant.limits.tokens),
             tenant,
-            charged_tokens: cost,
             status,
         },
         Ok(Admission::Limited {
@@ -457,9 +464,10 @@ pub fn gate(cfg: &Tenants, id: Option<&str>, cost: u64, store: &dyn Store, now_m
                 Bucket::Tokens => "tokens",
             };
             let secs = retry_after_ms.div_ceil(1000).max(1);
+            // OpenAI's `type` names the exhausted limit: "requests" or "tokens".
             let mut reply = LocalReply::error(
                 429,
-                "requests",
+                what,
                 "rate_limit_exceeded",
                 &format!(
                     "Rate limit reached for {what} per minute of tenant '{}'. Please try again in {}.",

@@ -391,3 +391,37 @@ fn reconcile_rules() {
     };
     assert_eq!(reconcile_delta(500, None, cut), -380);
 }
+
+#[test]
+fn oversized_request_is_reconciled_from_what_was_really_charged() {
+    // Found in the Envoy e2e: cost 4105 against a 2000 burst charged 2000, but reconciliation
+    // started from 4105 and credited the bucket instead of debiting it.
+    let t = tenants(r#"{"header": "x-t", "limits": {"acme": {"tokens_per_minute": 2000}}}"#);
+    let m = Mem::default();
+    let Gate::Pass {
+        tenant,
+        charged_tokens,
+        ..
+    } = gate(&t, Some("acme"), 4105, &m, 0)
+    else {
+        panic!()
+    };
+    assert_eq!(charged_tokens, 2000);
+    let delta = reconcile_delta(charged_tokens, Some(3006), Outcome::Success);
+    assert_eq!(delta, 1006);
+    adjust(&m, &tenant.key, &tenant.limits, 0, delta, 0).unwrap();
+    match gate(&t, Some("acme"), 59, &m, 0) {
+        Gate::Refuse { reply, .. } => {
+            let h = |n: &str| {
+                reply
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, v)| v.clone())
+            };
+            // 1006 owed + 59 needed at 2000/min: 31.95 s
+            assert_eq!(h("retry-after").as_deref(), Some("32"));
+        }
+        g => panic!("{g:?}"),
+    }
+}

@@ -13,7 +13,7 @@ pub struct LocalReply {
 }
 
 impl LocalReply {
-    pub fn error(status: u32, kind: &'static str, code: &'static str, message: &str) -> Self {
+    pub fn error(status: u32, kind: &str, code: &'static str, message: &str) -> Self {
         let body = serde_json::json!({
             "error": { "message": message, "type": kind, "param": null, "code": code }
         });

@@ -1,0 +1,245 @@
+//! Plain data the test sees: header lists, local replies, logs, traps, property values.
+
+use crate::abi::LogLevel;
+
+/// An ordered header list with case-insensitive lookup. Names are stored lowercased, as Envoy
+/// stores them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<(String, String)>);
+
+impl Headers {
+    pub fn new() -> Headers {
+        Headers(Vec::new())
+    }
+
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Headers {
+        Headers(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.as_ref().to_ascii_lowercase(), v.as_ref().to_string()))
+                .collect(),
+        )
+    }
+
+    /// First value of `name` (Envoy's `proxy_get_header_map_value` returns the first too).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn get_all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Appends a value (Envoy `addCopy`).
+    pub fn add(&mut self, name: &str, value: &str) {
+        self.0.push((name.to_ascii_lowercase(), value.to_string()));
+    }
+
+    /// Replaces every value of `name` by one value, in place of the first (Envoy `setCopy`).
+    pub fn set(&mut self, name: &str, value: &str) {
+        let lower = name.to_ascii_lowercase();
+        if let Some(pos) = self.0.iter().position(|(k, _)| *k == lower) {
+            self.0[pos].1 = value.to_string();
+            let mut i = 0;
+            self.0.retain(|(k, _)| {
+                let keep = *k != lower || i == pos;
+                i += 1;
+                keep
+            });
+        } else {
+            self.0.push((lower, value.to_string()));
+        }
+    }
+
+    /// Removes every value of `name`.
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    }
+
+    /// Changes from `before` to `self`: (set or changed headers with their new values, removed
+    /// header names). Compared by name on the first value.
+    pub fn diff(&self, before: &Headers) -> (Vec<(String, String)>, Vec<String>) {
+        let mut set = Vec::new();
+        for (k, v) in &self.0 {
+            if before.get_all(k) != self.get_all(k)
+                && !set.iter().any(|(sk, _): &(String, String)| sk == k)
+            {
+                set.push((k.clone(), v.clone()));
+            }
+        }
+        let mut removed: Vec<String> = Vec::new();
+        for (k, _) in &before.0 {
+            if !self.contains(k) && !removed.contains(k) {
+                removed.push(k.clone());
+            }
+        }
+        (set, removed)
+    }
+}
+
+/// A reply the filter produced itself with `proxy_send_local_response`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    /// The `status_code_details` argument (Envoy's response code details).
+    pub details: String,
+    /// Headers exactly as the filter passed them.
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    /// The gRPC status argument (`None` for -1).
+    pub grpc_status: Option<i32>,
+}
+
+impl LocalReply {
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn body_json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// One log line, from `proxy_log` or from WASI stdout/stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub worker: usize,
+    pub level: LogLevel,
+    /// `proxy_log`, `stdout` or `stderr`.
+    pub source: &'static str,
+    pub context_id: u32,
+    pub message: String,
+}
+
+impl std::fmt::Display for LogLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[worker {}][{}][ctx {}] {}",
+            self.worker,
+            self.level.name(),
+            self.context_id,
+            self.message
+        )
+    }
+}
+
+/// A trap (or `proc_exit`) in one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrapRecord {
+    pub worker: usize,
+    /// The export that was running (`proxy_on_request_headers`, ...).
+    pub function: String,
+    pub message: String,
+}
+
+/// A value for `proxy_get_property`, serialized the way Envoy serializes CEL values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PropValue {
+    /// Raw UTF-8 bytes.
+    Str(String),
+    /// 8 bytes little endian.
+    Int(i64),
+    /// 8 bytes little endian IEEE 754.
+    Double(f64),
+    /// 1 byte.
+    Bool(bool),
+    Bytes(Vec<u8>),
+}
+
+impl PropValue {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            PropValue::Str(s) => s.as_bytes().to_vec(),
+            PropValue::Int(i) => i.to_le_bytes().to_vec(),
+            PropValue::Double(d) => d.to_le_bytes().to_vec(),
+            PropValue::Bool(b) => vec![u8::from(*b)],
+            PropValue::Bytes(b) => b.clone(),
+        }
+    }
+
+    /// Serializes a JSON leaf as Envoy serializes a `google.protobuf.Value` leaf: strings raw,
+    /// numbers as doubles, booleans as one byte. Objects and arrays come back as JSON text
+    /// (Envoy would return a serialized protobuf message; filters should read leaves).
+    pub fn from_json(v: &serde_json::Value) -> PropValue {
+        match v {
+            serde_json::Value::String(s) => PropValue::Str(s.clone()),
+            serde_json::Value::Number(n) => PropValue::Double(n.as_f64().unwrap_or(0.0)),
+            serde_json::Value::Bool(b) => PropValue::Bool(*b),
+            serde_json::Value::Null => PropValue::Bytes(Vec::new()),
+            other => PropValue::Str(other.to_string()),
+        }
+    }
+}
+
+impl From<&str> for PropValue {
+    fn from(s: &str) -> Self {
+        PropValue::Str(s.to_string())
+    }
+}
+impl From<String> for PropValue {
+    fn from(s: String) -> Self {
+        PropValue::Str(s)
+    }
+}
+impl From<i64> for PropValue {
+    fn from(v: i64) -> Self {
+        PropValue::Int(v)
+    }
+}
+impl From<bool> for PropValue {
+    fn from(v: bool) -> Self {
+        PropValue::Bool(v)
+    }
+}
+impl From<f64> for PropValue {
+    fn from(v: f64) -> Self {
+        PropValue::Double(v)
+    }
+}
+
+/// An outgoing `proxy_http_call` waiting for the test to answer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCallInfo {
+    pub worker: usize,
+    pub token: u32,
+    /// The context that made the call (root or stream).
+    pub context_id: u32,
+    pub upstream: String,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    pub trailers: Headers,
+    pub timeout_ms: u32,
+}
+
+/// A `proxy_call_foreign_function` call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignCall {
+    pub name: String,
+    pub args: Vec<u8>,
+    /// The status returned to the guest.
+    pub status: i32,
+}
