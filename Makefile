@@ -35,7 +35,8 @@ validate: $(WASM) setup ## envoy --mode validate on every config in envoy-config
 
 test-e2e: $(WASM) setup ## End-to-end tests against a real Envoy
 	cargo build --release -p llm-router-sidecar
-	$(PY) -m pytest -q tests/e2e
+	@# The lock keeps concurrent runs on one machine (fixed ports) from colliding.
+	flock /tmp/llm-router-e2e.lock $(PY) -m pytest -q tests/e2e
 
 lint: ## cargo fmt --check and clippy -D warnings (native and wasm32)
 	@scripts/lint.sh
