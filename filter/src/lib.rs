@@ -13,6 +13,7 @@ pub mod plan;
 pub mod ratelimit;
 pub mod reply;
 pub mod routing;
+pub mod store;
 pub mod tokens;
 pub mod usage;
 

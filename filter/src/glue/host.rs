@@ -60,20 +60,20 @@ pub fn clear_route_cache() {
 /// Proxy-wasm shared data as the rate limiter's store.
 pub struct SharedData;
 
-impl crate::ratelimit::Store for SharedData {
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, crate::ratelimit::StoreError> {
+impl crate::store::Store for SharedData {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, crate::store::StoreError> {
         match hostcalls::get_shared_data(key) {
             Ok((Some(value), cas)) => Ok(Some((value, cas.unwrap_or(0)))),
             Ok((None, _)) => Ok(None),
-            Err(status) => Err(crate::ratelimit::StoreError::Other(format!("{status:?}"))),
+            Err(status) => Err(crate::store::StoreError::Other(format!("{status:?}"))),
         }
     }
 
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), crate::ratelimit::StoreError> {
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), crate::store::StoreError> {
         match hostcalls::set_shared_data(key, Some(value), Some(cas)) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(crate::ratelimit::StoreError::CasMismatch),
-            Err(status) => Err(crate::ratelimit::StoreError::Other(format!("{status:?}"))),
+            Err(Status::CasMismatch) => Err(crate::store::StoreError::CasMismatch),
+            Err(status) => Err(crate::store::StoreError::Other(format!("{status:?}"))),
         }
     }
 }

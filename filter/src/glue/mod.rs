@@ -177,6 +177,19 @@ impl Http {
             Plan::Reject(why, reply) => {
                 sh.stats
                     .inc(Metric::InvalidBody, &[metrics::invalid_reason(why)]);
+                // Counted in llm_router_requests_total{status="local"} under the default tier
+                // (no tier was chosen), so error ratios see rejected bodies too.
+                let tier = sh.cfg.default_tier;
+                let model = sh.cfg.tiers.get(tier).and_then(|t| t.model.as_deref());
+                self.routed = Some(Routed {
+                    tier: u16::try_from(tier).unwrap_or(u16::MAX),
+                    model: sh.stats.catalog().model(model),
+                    prompt_estimate: None,
+                    stream: false,
+                    charge: None,
+                    limits_status: None,
+                    ticket: None,
+                });
                 return self.reply(&reply);
             }
             Plan::Forward(fwd) => fwd,

@@ -4,7 +4,7 @@
 use super::host::SharedData;
 use crate::config::{Criticality, Endpoints};
 use crate::endpoints::{self, InFlight, Meta, Pick, Snapshot};
-use crate::ratelimit::{Store, StoreError, CREATE_CAS, MAX_CAS_RETRIES};
+use crate::store::{update, Step, Store, StoreError};
 use log::warn;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -45,26 +45,18 @@ pub struct Ticket {
     version: u64,
 }
 
-/// Stores a pushed snapshot (already validated) for every worker.
+/// Stores a pushed snapshot (already validated) for every worker: the snapshot first, then
+/// its new version and arrival time (readers re-read the snapshot when the version moves).
 pub fn store_snapshot(body: &[u8], now_ms: u64) -> Result<(), StoreError> {
-    let store = SharedData;
     SharedData.set(SNAPSHOT_KEY, body, 0)?;
-    for _ in 0..MAX_CAS_RETRIES {
-        let (version, cas) = match store.get(META_KEY)? {
-            Some((b, cas)) => (Meta::decode(&b).map_or(0, |m| m.version), cas),
-            None => (0, CREATE_CAS),
-        };
+    update(&SharedData, META_KEY, |current| {
+        let version = current.and_then(Meta::decode).map_or(0, |m| m.version);
         let meta = Meta {
             version: version + 1,
             received_ms: now_ms,
         };
-        match store.set(META_KEY, &meta.encode(), cas) {
-            Ok(()) => return Ok(()),
-            Err(StoreError::CasMismatch) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(StoreError::Other("snapshot version contended".into()))
+        Step::Write(meta.encode().to_vec(), ())
+    })
 }
 
 impl SnapshotCache {
@@ -121,7 +113,7 @@ impl SnapshotCache {
                     return Outcome::Fallback(Fallback::NoEndpoint);
                 };
                 let key = inflight_key(pool, &e.address);
-                if let Err(err) = update(&key, |f| f.plus_one(meta.version)) {
+                if let Err(err) = update_inflight(&key, |f| f.plus_one(meta.version)) {
                     warn!("llm-router: cannot count in-flight request: {err:?}");
                 }
                 Outcome::Picked {
@@ -142,24 +134,16 @@ impl Ticket {
     /// The request ended (answered, failed or cancelled): it is no longer in flight.
     pub fn release(self) {
         let version = self.version;
-        if let Err(err) = update(&self.key, |f| f.minus_one(version)) {
+        if let Err(err) = update_inflight(&self.key, |f| f.minus_one(version)) {
             warn!("llm-router: cannot release in-flight request: {err:?}");
         }
     }
 }
 
-/// Read-modify-write of an in-flight count with compare-and-swap.
-fn update(key: &str, f: impl Fn(&InFlight) -> InFlight) -> Result<(), StoreError> {
-    for _ in 0..MAX_CAS_RETRIES {
-        let (current, cas) = match SharedData.get(key)? {
-            Some((b, cas)) => (InFlight::decode(&b).unwrap_or_default(), cas),
-            None => (InFlight::default(), CREATE_CAS),
-        };
-        match SharedData.set(key, &f(&current).encode(), cas) {
-            Ok(()) => return Ok(()),
-            Err(StoreError::CasMismatch) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(StoreError::Other(format!("{key}: contended")))
+/// Read-modify-write of an in-flight count.
+fn update_inflight(key: &str, f: impl Fn(&InFlight) -> InFlight) -> Result<(), StoreError> {
+    update(&SharedData, key, |current| {
+        let now = current.and_then(InFlight::decode).unwrap_or_default();
+        Step::Write(f(&now).encode().to_vec(), ())
+    })
 }

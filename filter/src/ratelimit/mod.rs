@@ -9,33 +9,14 @@ pub mod bucket;
 
 use crate::config::{BucketLimit, Limits, TenantSource, Tenants, UnknownTenant};
 use crate::reply::LocalReply;
+use crate::store::{update, Step};
+pub use crate::store::{Store, StoreError};
 use bucket::UNIT;
 
 /// Key prefix of everything this module stores in shared data.
 const PREFIX: &str = "llm_router/rl/";
-/// How many times a compare-and-swap is retried before giving up (contention between workers
-/// is short-lived; this bounds the work of one request).
-pub const MAX_CAS_RETRIES: usize = 32;
-/// Envoy accepts a set with a non-zero CAS on a missing key and refuses it on an existing one
-/// (unless the CAS matches): with a CAS no live entry carries, a set means "create if absent".
-pub const CREATE_CAS: u32 = u32::MAX;
 /// Longest tenant id that gets a bucket of its own; longer or unusual ids share `overflow`.
 pub const MAX_TENANT_ID_LEN: usize = 128;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreError {
-    CasMismatch,
-    Other(String),
-}
-
-/// The proxy's shared data as the rate limiter needs it (`proxy_get_shared_data` /
-/// `proxy_set_shared_data`, with Envoy's CAS rules).
-pub trait Store {
-    /// The value and its CAS (`None` when the key is missing).
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
-    /// Writes when `cas` matches the entry's (0 = unconditional; a missing key always takes it).
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
-}
 
 /// Both buckets of one tenant at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,14 +157,10 @@ pub fn admit(
 ) -> Result<Admission, StoreError> {
     let need_req = admission_units(1, &limits.requests);
     let need_tok = admission_units(tokens, &limits.tokens);
-    for _ in 0..MAX_CAS_RETRIES {
-        let current = store.get(key)?;
-        let (state, cas) = match &current {
-            Some((bytes, cas)) => match State::decode(bytes) {
-                Some(s) => (s.refilled(limits, now_ms), *cas),
-                None => (State::full(limits, now_ms), *cas),
-            },
-            None => (State::full(limits, now_ms), CREATE_CAS),
+    update(store, key, |current| {
+        let state = match current.and_then(State::decode) {
+            Some(s) => s.refilled(limits, now_ms),
+            None => State::full(limits, now_ms),
         };
         let limited = |bucket, level: i64, need: i64, l: &Option<BucketLimit>| {
             let l = l.as_ref()?;
@@ -194,29 +171,25 @@ pub fn admit(
             })
         };
         if let Some(a) = limited(Bucket::Requests, state.requests, need_req, &limits.requests) {
-            return Ok(a);
+            return Step::Keep(a);
         }
         if let Some(a) = limited(Bucket::Tokens, state.tokens, need_tok, &limits.tokens) {
-            return Ok(a);
+            return Step::Keep(a);
         }
         let next = State {
             requests: state.requests - need_req,
             tokens: state.tokens - need_tok,
             at_ms: state.at_ms,
         };
-        match store.set(key, &next.encode(), cas) {
-            Ok(()) => return Ok(Admission::Admitted(status_of(&next, limits))),
-            Err(StoreError::CasMismatch) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(StoreError::Other(format!(
-        "{key}: still contended after {MAX_CAS_RETRIES} tries"
-    )))
+        Step::Write(
+            next.encode().to_vec(),
+            Admission::Admitted(status_of(&next, limits)),
+        )
+    })
 }
 
-/// Corrects the token bucket after the fact: `delta_tokens > 0` charges more (may go into
-/// debt), `< 0` gives back. `requests` likewise for the request bucket.
+/// Corrects the buckets after the fact: `delta_tokens > 0` charges more (may go into debt),
+/// `< 0` gives back; `delta_requests` likewise for the request bucket.
 pub fn adjust(
     store: &dyn Store,
     key: &str,
@@ -230,34 +203,23 @@ pub fn adjust(
     {
         return Ok(());
     }
-    for _ in 0..MAX_CAS_RETRIES {
-        let Some((bytes, cas)) = store.get(key)? else {
-            return Ok(()); // nothing was charged here
-        };
-        let Some(state) = State::decode(&bytes) else {
-            return Ok(());
+    let change = |level: i64, l: &Option<BucketLimit>, delta: i64| match l {
+        Some(l) => bucket::apply(level, l, delta.saturating_mul(UNIT)),
+        None => 0,
+    };
+    update(store, key, |current| {
+        // Nothing was ever charged under this key: nothing to correct.
+        let Some(state) = current.and_then(State::decode) else {
+            return Step::Keep(());
         };
         let s = state.refilled(limits, now_ms);
         let next = State {
-            requests: match &limits.requests {
-                Some(l) => bucket::apply(s.requests, l, delta_requests.saturating_mul(UNIT)),
-                None => 0,
-            },
-            tokens: match &limits.tokens {
-                Some(l) => bucket::apply(s.tokens, l, delta_tokens.saturating_mul(UNIT)),
-                None => 0,
-            },
+            requests: change(s.requests, &limits.requests, delta_requests),
+            tokens: change(s.tokens, &limits.tokens, delta_tokens),
             at_ms: s.at_ms,
         };
-        match store.set(key, &next.encode(), cas) {
-            Ok(()) => return Ok(()),
-            Err(StoreError::CasMismatch) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(StoreError::Other(format!(
-        "{key}: still contended after {MAX_CAS_RETRIES} tries"
-    )))
+        Step::Write(next.encode().to_vec(), ())
+    })
 }
 
 /// Who is charged for a request.
@@ -329,27 +291,17 @@ fn configured(cfg: &Tenants, id: &str) -> Option<Limits> {
 
 /// Increments the count of tracked unknown tenants if it is below `max`.
 fn take_slot(store: &dyn Store, max: u32) -> Result<bool, StoreError> {
-    let key = format!("{PREFIX}tracked");
-    for _ in 0..MAX_CAS_RETRIES {
-        let (count, cas) = match store.get(&key)? {
-            Some((b, cas)) => (
-                b.get(..4)
-                    .and_then(|s| s.try_into().ok())
-                    .map_or(0, u32::from_le_bytes),
-                cas,
-            ),
-            None => (0, CREATE_CAS),
-        };
+    update(store, &format!("{PREFIX}tracked"), |current| {
+        let count = current
+            .and_then(|b| b.get(..4))
+            .and_then(|s| s.try_into().ok())
+            .map_or(0, u32::from_le_bytes);
         if count >= max {
-            return Ok(false);
+            Step::Keep(false)
+        } else {
+            Step::Write((count + 1).to_le_bytes().to_vec(), true)
         }
-        match store.set(&key, &(count + 1).to_le_bytes(), cas) {
-            Ok(()) => return Ok(true),
-            Err(StoreError::CasMismatch) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(false)
+    })
 }
 
 /// The shared-data path of a JWT claim, as Envoy's property API takes it (segments).

@@ -146,22 +146,38 @@ enum WordKind {
 }
 
 fn classify(c: char) -> Class {
-    match c {
-        'a'..='z' => Class::Lower,
-        'A'..='Z' => Class::Upper,
-        '0'..='9' => Class::Digit,
-        ' ' | '\t' => Class::Space,
-        '\n' | '\r' => Class::Newline,
-        '\u{0}'..='\u{7f}' => {
-            if c.is_ascii_whitespace() {
-                Class::Space
-            } else {
-                Class::Punct
-            }
-        }
+    match u8::try_from(c) {
+        Ok(b) if b.is_ascii() => ascii_class(b),
         _ => classify_non_ascii(c),
     }
 }
+
+/// Class of an ASCII byte (a table lookup; bytes >= 0x80 never reach it).
+fn ascii_class(b: u8) -> Class {
+    ASCII_CLASS
+        .get(usize::from(b))
+        .copied()
+        .unwrap_or(Class::Other)
+}
+
+const ASCII_CLASS: [Class; 128] = {
+    let mut table = [Class::Punct; 128];
+    let mut b = 0u8;
+    while b < 128 {
+        table[b as usize] = match b {
+            b'a'..=b'z' => Class::Lower,
+            b'A'..=b'Z' => Class::Upper,
+            b'0'..=b'9' => Class::Digit,
+            b'\n' | b'\r' => Class::Newline,
+            // ' ', '\t' and form feed (not vertical tab: that one is punctuation, as in
+            // `u8::is_ascii_whitespace`).
+            _ if b.is_ascii_whitespace() => Class::Space,
+            _ => Class::Punct,
+        };
+        b += 1;
+    }
+    table
+};
 
 fn classify_non_ascii(c: char) -> Class {
     match u32::from(c) {
@@ -303,6 +319,131 @@ impl Estimator<'_> {
         self.run = Run::None;
     }
 
+    /// Feeds the run of ASCII bytes at the start of `s` (which starts with an ASCII byte) and
+    /// returns how many bytes it consumed (at least 1 for a non-empty `s`). The same state
+    /// changes as [`Self::push`] on each of those characters, a run at a time.
+    fn ascii_run(&mut self, s: &[u8]) -> usize {
+        let Some(&first) = s.first() else {
+            return 0;
+        };
+        let class = ascii_class(first);
+        match class {
+            Class::Lower | Class::Upper => {
+                let upper = class == Class::Upper;
+                let continues = matches!(
+                    self.run,
+                    Run::Word {
+                        kind: WordKind::Latin,
+                        ..
+                    }
+                ) && !(upper && self.last_lower);
+                if !continues {
+                    self.flush(Some(class));
+                    self.run = Run::Word {
+                        kind: WordKind::Latin,
+                        letters: 0,
+                        uppers: 0,
+                        accents: 0,
+                        capital: upper,
+                    };
+                }
+                // Letters up to the next non-letter, or up to a camelCase hump (an uppercase
+                // letter after a lowercase one; the next call starts a new word there).
+                let mut n: u64 = 0;
+                let mut ups: u64 = 0;
+                let mut last_lower = self.last_lower && !upper;
+                let mut used = 0usize;
+                for &b in s {
+                    if b.is_ascii_lowercase() {
+                        last_lower = true;
+                    } else if b.is_ascii_uppercase() && !last_lower {
+                        ups = ups.saturating_add(1);
+                    } else {
+                        break;
+                    }
+                    n = n.saturating_add(1);
+                    used = used.saturating_add(1);
+                }
+                if let Run::Word {
+                    letters, uppers, ..
+                } = &mut self.run
+                {
+                    *letters = letters.saturating_add(n);
+                    *uppers = uppers.saturating_add(ups);
+                }
+                self.last_lower = last_lower;
+                used
+            }
+            Class::Digit => {
+                let n = s.iter().take_while(|b| b.is_ascii_digit()).count();
+                let k = n as u64;
+                if let Run::Digits(d) = &mut self.run {
+                    *d = d.saturating_add(k);
+                } else {
+                    self.flush(Some(class));
+                    self.run = Run::Digits(k);
+                }
+                self.last_lower = false;
+                n
+            }
+            Class::Punct => {
+                let n = s
+                    .iter()
+                    .take_while(|&&b| b.is_ascii() && ascii_class(b) == Class::Punct)
+                    .count();
+                let k = n as u64;
+                if let Run::Punct(d) = &mut self.run {
+                    *d = d.saturating_add(k);
+                } else {
+                    self.flush(Some(class));
+                    self.run = Run::Punct(k);
+                }
+                self.last_lower = false;
+                n
+            }
+            _ => {
+                // Space or Newline: the whitespace run up to the next other byte.
+                let mut n = 0usize;
+                let mut last_nl: Option<usize> = None;
+                for &b in s {
+                    match b {
+                        b'\n' | b'\r' => last_nl = Some(n),
+                        b' ' | b'\t' | 0x0C => {}
+                        _ => break,
+                    }
+                    n = n.saturating_add(1);
+                }
+                let k = n as u64;
+                // Spaces/tabs after the last line break of this stretch.
+                let after_nl = last_nl.map(|i| n.saturating_sub(i).saturating_sub(1) as u64);
+                if let Run::Space {
+                    len,
+                    newline,
+                    trailing,
+                } = &mut self.run
+                {
+                    *len = len.saturating_add(k);
+                    match after_nl {
+                        Some(t) => {
+                            *newline = true;
+                            *trailing = t;
+                        }
+                        None => *trailing = trailing.saturating_add(k),
+                    }
+                } else {
+                    self.flush(Some(class));
+                    self.run = Run::Space {
+                        len: k,
+                        newline: after_nl.is_some(),
+                        trailing: after_nl.unwrap_or(k),
+                    };
+                }
+                self.last_lower = false;
+                n
+            }
+        }
+    }
+
     fn push(&mut self, c: char) {
         let class = classify(c);
         let word_kind = match class {
@@ -410,6 +551,40 @@ impl Estimator<'_> {
 }
 
 pub(crate) fn estimate_with(text: &str, p: &Params) -> u64 {
+    if text.is_empty() {
+        return 0;
+    }
+    let mut e = Estimator {
+        p,
+        milli: 0,
+        run: Run::None,
+        last_lower: false,
+    };
+    let mut rest = text;
+    while let Some(&b) = rest.as_bytes().first() {
+        if b.is_ascii() {
+            // Consumes ASCII bytes only, so the cut is on a character boundary.
+            let n = e.ascii_run(rest.as_bytes());
+            rest = rest.get(n.max(1)..).unwrap_or_default();
+        } else {
+            // A stretch of non-ASCII characters, one at a time.
+            let mut chars = rest.chars();
+            while let Some(c) = chars.next() {
+                e.push(c);
+                if chars.as_str().as_bytes().first().is_some_and(u8::is_ascii) {
+                    break;
+                }
+            }
+            rest = chars.as_str();
+        }
+    }
+    e.flush(None);
+    e.milli.saturating_add(500).div_euclid(1000).max(1)
+}
+
+/// The reference the fast path must match: every character through [`Estimator::push`].
+#[cfg(test)]
+pub(crate) fn estimate_per_char(text: &str, p: &Params) -> u64 {
     if text.is_empty() {
         return 0;
     }

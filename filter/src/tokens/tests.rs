@@ -1,4 +1,4 @@
-use super::{estimate_tokens, estimate_with, Params, PARAMS};
+use super::{estimate_per_char, estimate_tokens, estimate_with, Params, PARAMS};
 
 /// Asserts that the estimate is within `tol` (a fraction) of a reference count measured with
 /// tiktoken's cl100k_base (`make bench` measures the whole corpus; these pin a few cases).
@@ -207,4 +207,76 @@ fn invalid_looking_and_control_input_is_handled() {
     let est = estimate_tokens(&text);
     assert!(est > 1000, "{est}");
     assert!(estimate_tokens("\u{10ffff}\u{e0001}\u{fffd}") >= 1);
+}
+
+/// The byte-run fast path gives exactly what feeding every character through the per-character
+/// state machine gives, on text mixing every ASCII byte with the non-ASCII classes.
+#[test]
+fn fast_path_matches_per_character_reference() {
+    let pieces = [
+        "a", "z", "A", "Z", "m", "Q", "0", "9", " ", "  ", "\t", "\n", "\r", "\r\n", "\u{b}",
+        "\u{c}", "\0", "\u{7f}", ".", ",", "(", "\"", "_", "é", "É", "ß", "\u{301}", "ж", "Ж",
+        "م", "न", "你", "か", "한", "。", "—", "🎉", "\u{200d}", "\u{fe0f}", "\u{a0}", "\u{3000}",
+        "×", "\u{10ffff}", "Hello", "camelCase", "HTTPServer", "getHTTP", "déjàVu", "xÀy",
+        "    ", "\n    ", "1234567", " 12", "...", "!a", "a.b",
+    ];
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    // Costs times 1000, so that a difference of one milli-token shows after rounding.
+    let fine = Params {
+        word_short: 875_000,
+        word_extra_per_char: 300_000,
+        word_capital: 225_001,
+        caps_per_char: 350_003,
+        latin_accent: 2_525_007,
+        cyrillic_word: 1_200_011,
+        cyrillic_per_char: 300_013,
+        arabic_word: 2_325_017,
+        arabic_per_char: 400_019,
+        digit_group: 875_023,
+        punct_first: 825_029,
+        punct_next: 200_031,
+        punct_attached: 425_037,
+        space_before_digit: 1_300_041,
+        space_run: 975_043,
+        newline_run: 950_047,
+        indent: 425_053,
+        ..PARAMS
+    };
+    for round in 0..3000 {
+        let len = (next() % 40) as usize;
+        let mut text = String::new();
+        for _ in 0..len {
+            let i = (next() % pieces.len() as u64) as usize;
+            text.push_str(pieces.get(i).copied().unwrap_or("a"));
+        }
+        for p in [&PARAMS, &fine] {
+            assert_eq!(
+                estimate_with(&text, p),
+                estimate_per_char(&text, p),
+                "round {round}: {text:?}"
+            );
+        }
+    }
+    // Every ASCII byte after every ASCII byte, and next to a non-ASCII letter.
+    for a in 0u8..128 {
+        for b in 0u8..128 {
+            for text in [
+                format!("{}{}", char::from(a), char::from(b)),
+                format!("x{}{}é", char::from(a), char::from(b)),
+                format!("é{}{}Ab", char::from(a), char::from(b)),
+            ] {
+                assert_eq!(
+                    estimate_tokens(&text),
+                    estimate_per_char(&text, &PARAMS),
+                    "{text:?}"
+                );
+            }
+        }
+    }
 }
