@@ -594,6 +594,32 @@ impl<'h> Exchange<'h> {
         self.s().is_some_and(|s| !s.closed.is_empty())
     }
 
+    /// The client sends one more request body chunk (after [`RequestBuilder::stop_after_chunks`]
+    /// held the rest back): lets a test interleave the body callbacks of several open requests,
+    /// on one worker or several. `end_of_stream` ends the request body.
+    pub fn send_request_chunk(
+        &mut self,
+        data: impl AsRef<[u8]>,
+        end_of_stream: bool,
+    ) -> Result<()> {
+        let key = self.key;
+        let host = &mut *self.host;
+        {
+            let s = host
+                .stream(key)
+                .ok_or_else(|| anyhow!("the stream is finished"))?;
+            if s.reset {
+                bail!("the stream was reset");
+            }
+            if s.request.peer_done {
+                bail!("the request body already ended");
+            }
+        }
+        host.on_data(key, Dir::Request, data.as_ref(), end_of_stream)?;
+        host.settle();
+        Ok(())
+    }
+
     /// Drives the upstream response: status, headers and body chunks as
     /// `(delay_ms_before_chunk, bytes)`. Returns what the client received.
     pub fn respond(
@@ -620,6 +646,7 @@ impl<'h> Exchange<'h> {
             headers: Vec::new(),
             chunks: Vec::new(),
             trailers: None,
+            keep_open: false,
         }
     }
 
@@ -657,9 +684,17 @@ pub struct ResponseBuilder<'e, 'h> {
     headers: Vec<(String, String)>,
     chunks: Vec<(u64, Vec<u8>)>,
     trailers: Option<Headers>,
+    keep_open: bool,
 }
 
 impl ResponseBuilder<'_, '_> {
+    /// The upstream sends what was described but not the end of stream: the response stays
+    /// open (use [`Exchange::reset`] for a client that goes away mid-stream).
+    pub fn keep_open(mut self) -> Self {
+        self.keep_open = true;
+        self
+    }
+
     pub fn header(mut self, k: &str, v: &str) -> Self {
         self.headers.push((k.to_ascii_lowercase(), v.to_string()));
         self
@@ -716,6 +751,7 @@ impl ResponseBuilder<'_, '_> {
             headers,
             chunks,
             trailers,
+            keep_open,
         } = self;
         let key = ex.key;
         let host = &mut *ex.host;
@@ -744,14 +780,19 @@ impl ResponseBuilder<'_, '_> {
         host.set_access(key, |s| s.response_code = Some(status));
         let has_trailers = trailers.is_some();
         let n = chunks.len();
-        host.on_headers(key, Dir::Response, h, n == 0 && !has_trailers)?;
+        host.on_headers(key, Dir::Response, h, n == 0 && !has_trailers && !keep_open)?;
         for (i, (delay, c)) in chunks.iter().enumerate() {
             host.advance_ms(*delay)?;
             let at_ms = host.now_ms();
             if host.stream(key).is_none_or(|s| s.reset) {
                 break;
             }
-            host.on_data(key, Dir::Response, c, i + 1 == n && !has_trailers)?;
+            host.on_data(
+                key,
+                Dir::Response,
+                c,
+                i + 1 == n && !has_trailers && !keep_open,
+            )?;
             let (paused, delivered) = host.stream(key).map_or((false, 0), |s| {
                 let r = &s.response;
                 (
@@ -768,7 +809,7 @@ impl ResponseBuilder<'_, '_> {
                 })
             });
         }
-        if let Some(t) = trailers {
+        if let Some(t) = trailers.filter(|_| !keep_open) {
             host.on_trailers(key, Dir::Response, t)?;
         }
         host.settle();

@@ -448,6 +448,44 @@ impl Host {
         Ok(())
     }
 
+    /// Delivers a new plugin configuration to the running VMs, as Envoy does when a listener's
+    /// Wasm `PluginConfig` changes without a VM change: each started worker's root context gets
+    /// `proxy_on_configure` again (no new VM, no `proxy_on_vm_start`; shared data, metrics and
+    /// open streams stay). A false return is a [`ConfigureError`] (the VMs keep the new bytes,
+    /// the guest decides whether its previous configuration stays in force).
+    pub fn reconfigure(&mut self, config: impl AsRef<[u8]>) -> Result<()> {
+        let config = config.as_ref().to_vec();
+        for w in 0..self.vms.len() {
+            if !self.vms[w].started || self.vms[w].failed.is_some() {
+                continue;
+            }
+            self.vms[w].store.data_mut().plugin_config = config.clone();
+            let first_log = lock(&self.shared).logs.len();
+            let root = ROOT_CONTEXT_ID as i64;
+            let r = self.call(
+                w,
+                ROOT_CONTEXT_ID,
+                "proxy_on_configure",
+                &[root, config.len() as i64],
+            )?;
+            self.settle();
+            if r == Some(0) {
+                let logs = lock(&self.shared).logs[first_log..]
+                    .iter()
+                    .filter(|l| l.worker == w)
+                    .map(|l| l.message.clone())
+                    .collect();
+                return Err(ConfigureError {
+                    worker: w,
+                    phase: "proxy_on_configure",
+                    logs,
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
     fn start_worker(&mut self, w: usize) -> Result<()> {
         let (vm_len, plugin_len) = {
             let d = self.vms[w].store.data();
@@ -789,6 +827,11 @@ impl Host {
             })
             .map(|m| m.value)
             .sum()
+    }
+
+    /// How many times the guests (all VMs) called `proxy_define_metric`.
+    pub fn metric_define_calls(&self) -> u64 {
+        lock(&self.shared).metrics.define_calls
     }
 
     /// Envoy `/stats` text (with the `wasmcustom.` prefix when `prefix` is true).

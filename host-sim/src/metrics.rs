@@ -80,10 +80,13 @@ pub fn split_tags(name: &str) -> (&str, Vec<(String, String)>) {
 #[derive(Debug, Default)]
 pub(crate) struct MetricStore {
     pub(crate) metrics: BTreeMap<String, Metric>,
+    /// `proxy_define_metric` calls so far, all VMs (a guest that defines per request shows here).
+    pub(crate) define_calls: u64,
 }
 
 impl MetricStore {
     pub(crate) fn define(&mut self, kind: MetricKind, name: &str) {
+        self.define_calls += 1;
         self.metrics
             .entry(name.to_string())
             .or_insert_with(|| Metric {

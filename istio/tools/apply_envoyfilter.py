@@ -113,6 +113,8 @@ def base_config(listener_port: int, admin_port: int, upstreams: dict[str, list[s
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "outbound_0.0.0.0_8080",
         "codec_type": "AUTO",
+        # As Istio configures gateway listeners: the client address is the TCP peer.
+        "use_remote_address": True,
         "route_config": {"name": "http.8080", "virtual_hosts": [{"name": "*:80", "domains": ["*"], "routes": []}]},
         "http_filters": [{"name": ROUTER, "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],

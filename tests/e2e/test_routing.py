@@ -36,7 +36,7 @@ ROUTING_HEADERS = ("x-llm-model-type", "x-model-id", "x-llm-prompt-tokens",
                    "x-gateway-destination-endpoint")
 # Headers Envoy itself adds on the way upstream (not the filter, not the client).
 ENVOY_ADDED = {"x-forwarded-proto", "x-request-id", "x-envoy-expected-rq-timeout-ms",
-               "x-envoy-internal", "x-forwarded-for"}
+               "x-envoy-internal", "x-forwarded-for", "x-envoy-external-address"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,6 +94,13 @@ pub enum Refusal {
 }
 
 /// A push is accepted only from loopback and with the configured bearer token.
+///
+/// `source_address` is Envoy's `source.address`. It is the TCP peer only when the connection
+/// manager sets `use_remote_address: true` (the shipped configs and Istio gateways do); with
+/// the default `false` Envoy takes it from `x-forwarded-for`, which a client controls. (The
+/// filter cannot check `x-forwarded-for` itself: with `use_remote_address: true` Envoy appends
+/// the host's own address for loopback peers, so a genuine local push carries a non-loopback
+/// hop.)
 pub fn authorize(
     source_address: Option<&str>,
     authorization: Option<&str>,
