@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: prints figures, never pass/fail on wall-clock (machines are shared).
 #
-#   part 1  token estimator accuracy against tiktoken (bench/ crate, estimator-accuracy binary)
+#   part 1  token estimator accuracy against tiktoken (bench/ crate, estimator-accuracy binary),
+#           then native throughput of the estimator and body inspection (filter-throughput)
 #   part 2  load test: Envoy without the filter (A), with the filter doing routing only (B), with
 #           the shipped plugin configuration (C: + tenant buckets + endpoint picking), in one run,
 #           against a fast upstream (a second Envoy answering a canned chat completion with
@@ -58,6 +59,7 @@ if has_part estimator; then
       echo "bench.sh: estimator-accuracy failed (continuing with the load test)" >&2
       status=1
     fi
+    cargo run -q --release -p llm-router-bench --bin filter-throughput || status=1
   else
     echo "(skipped: bench/src/bin/estimator-accuracy is not there)"
   fi

@@ -166,6 +166,8 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo<'_>, InvalidBody> {
     }
     if let Some(messages) = wire.messages {
         info.messages = messages.len() as u64;
+        // Usually one text segment per message: grow once.
+        info.segments.reserve(messages.len());
         for m in messages {
             if let Some(content) = m.content {
                 add_content(&mut info, content)?;
@@ -239,16 +241,20 @@ fn add_prompt<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue) -> Result<(), I
 }
 
 /// A JSON string value, borrowed when it has no escapes.
+///
+/// One parse either way: deserializing a `&str` first and falling back to `String` would scan
+/// an escaped string twice, and the failed attempt formats the whole string into its error.
 fn decode_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     let s = raw.get();
     if !s.starts_with('"') {
         return None;
     }
-    if let Ok(b) = serde_json::from_str::<&str>(s) {
-        return Some(Cow::Borrowed(b));
-    }
-    serde_json::from_str::<String>(s).ok().map(Cow::Owned)
+    serde_json::from_str::<JsonStr>(s).ok().map(|JsonStr(v)| v)
 }
+
+/// A JSON string, borrowed from the input when it has no escapes, decoded otherwise.
+#[derive(Deserialize)]
+struct JsonStr<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// Byte range of `inner` (a sub-slice handed out by serde_json) within `outer`.
 fn span_of(outer: &[u8], inner: &str) -> Range<usize> {

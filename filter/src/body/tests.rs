@@ -210,3 +210,18 @@ fn estimate_ignores_json_syntax() {
     let b = inspect(padded.as_bytes()).unwrap();
     assert_eq!(prompt_tokens(&a), prompt_tokens(&b));
 }
+
+#[test]
+fn strings_without_escapes_are_borrowed_and_escaped_ones_decoded() {
+    let info = ok(
+        r#"{"model":"m","messages":[{"role":"user","content":"plain text"},{"role":"user","content":"a\nb \u00e9\"q\""}]}"#,
+    );
+    let segments = &info.segments;
+    assert_eq!(segments.len(), 2);
+    assert!(matches!(
+        segments.first(),
+        Some(std::borrow::Cow::Borrowed("plain text"))
+    ));
+    assert!(matches!(segments.get(1), Some(std::borrow::Cow::Owned(s)) if s == "a\nb é\"q\""));
+    assert!(matches!(info.model, Some(std::borrow::Cow::Borrowed("m"))));
+}

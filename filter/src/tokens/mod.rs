@@ -160,6 +160,38 @@ fn ascii_class(b: u8) -> Class {
         .unwrap_or(Class::Other)
 }
 
+/// Number of ASCII lowercase letters at the start of `s`, eight bytes at a time (words of prose
+/// mostly fit in one step, so the loop rarely branches on the data).
+fn lower_run(s: &[u8]) -> usize {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut n = 0usize;
+    let mut chunks = s.chunks_exact(8);
+    for chunk in &mut chunks {
+        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let x = u64::from_le_bytes(bytes);
+        let low7 = x & !HIGH;
+        // Bit 7 of each byte: set for bytes >= b'a', and for bytes > b'z' (no carries: every
+        // byte stays below 0x100).
+        let from_a = low7.wrapping_add(0x1F1F_1F1F_1F1F_1F1F);
+        let past_z = low7.wrapping_add(0x0505_0505_0505_0505);
+        let lower = from_a & !past_z & !x & HIGH;
+        let other = !lower & HIGH;
+        if other != 0 {
+            return n.saturating_add((other.trailing_zeros() / 8) as usize);
+        }
+        n = n.saturating_add(8);
+    }
+    n.saturating_add(
+        chunks
+            .remainder()
+            .iter()
+            .take_while(|b| b.is_ascii_lowercase())
+            .count(),
+    )
+}
+
 const ASCII_CLASS: [Class; 128] = {
     let mut table = [Class::Punct; 128];
     let mut b = 0u8;
@@ -239,6 +271,7 @@ impl Estimator<'_> {
     }
 
     /// Ends the current run; `next` is the class of the character that follows (None at the end).
+    #[inline]
     fn flush(&mut self, next: Option<Class>) {
         let p = self.p;
         let cost = match self.run {
@@ -347,32 +380,71 @@ impl Estimator<'_> {
                         capital: upper,
                     };
                 }
-                // Letters up to the next non-letter, or up to a camelCase hump (an uppercase
-                // letter after a lowercase one; the next call starts a new word there).
-                let mut n: u64 = 0;
-                let mut ups: u64 = 0;
-                let mut last_lower = self.last_lower && !upper;
                 let mut used = 0usize;
-                for &b in s {
-                    if b.is_ascii_lowercase() {
-                        last_lower = true;
-                    } else if b.is_ascii_uppercase() && !last_lower {
-                        ups = ups.saturating_add(1);
-                    } else {
-                        break;
+                loop {
+                    // Letters up to the next non-letter, or up to a camelCase hump (an
+                    // uppercase letter after a lowercase one; the next call starts a new word).
+                    let mut n: u64 = 0;
+                    let mut ups: u64 = 0;
+                    let mut last_lower = self.last_lower && !upper;
+                    // Uppercase letters (not after a lowercase one), then lowercase ones.
+                    if !last_lower {
+                        let caps = s
+                            .get(used..)
+                            .unwrap_or_default()
+                            .iter()
+                            .take_while(|b| b.is_ascii_uppercase())
+                            .count();
+                        ups = caps as u64;
+                        n = ups;
                     }
-                    n = n.saturating_add(1);
-                    used = used.saturating_add(1);
+                    let lower = lower_run(
+                        s.get((used.saturating_add(n as usize))..)
+                            .unwrap_or_default(),
+                    );
+                    if lower > 0 {
+                        last_lower = true;
+                    }
+                    n = n.saturating_add(lower as u64);
+                    used = used.saturating_add(n as usize);
+                    if let Run::Word {
+                        letters, uppers, ..
+                    } = &mut self.run
+                    {
+                        *letters = letters.saturating_add(n);
+                        *uppers = uppers.saturating_add(ups);
+                    }
+                    self.last_lower = last_lower;
+                    // The common case of prose: one space, then the next word. The space
+                    // merges into that word (no cost), so go straight on with it.
+                    // Likewise one punctuation mark and one space before the next word (", "
+                    // and ". "): the mark is a run of one not followed by a letter.
+                    let at = |i: usize| s.get(used.saturating_add(i)).copied().unwrap_or(0);
+                    let (gap, punct) = match (at(0), at(1), at(2)) {
+                        (b' ', next, _) if next.is_ascii_alphabetic() => (1, 0),
+                        (mark, b' ', next)
+                            if next.is_ascii_alphabetic()
+                                && mark.is_ascii()
+                                && ascii_class(mark) == Class::Punct =>
+                        {
+                            (2, self.p.punct_first)
+                        }
+                        _ => return used,
+                    };
+                    let upper = at(gap).is_ascii_uppercase();
+                    // A word's cost does not depend on what follows it.
+                    self.flush(None);
+                    self.add(punct);
+                    self.run = Run::Word {
+                        kind: WordKind::Latin,
+                        letters: 0,
+                        uppers: 0,
+                        accents: 0,
+                        capital: upper,
+                    };
+                    self.last_lower = false;
+                    used = used.saturating_add(gap);
                 }
-                if let Run::Word {
-                    letters, uppers, ..
-                } = &mut self.run
-                {
-                    *letters = letters.saturating_add(n);
-                    *uppers = uppers.saturating_add(ups);
-                }
-                self.last_lower = last_lower;
-                used
             }
             Class::Digit => {
                 let n = s.iter().take_while(|b| b.is_ascii_digit()).count();
