@@ -173,7 +173,7 @@ impl Http {
     ) -> Action {
         self.inspecting = false;
         let headers = request_headers();
-        let fwd = match plan::plan(&sh.cfg, &self.path, &headers, body, random_u64()) {
+        let mut fwd = match plan::plan(&sh.cfg, &self.path, &headers, body, random_u64()) {
             Plan::Reject(why, reply) => {
                 sh.stats
                     .inc(Metric::InvalidBody, &[metrics::invalid_reason(why)]);
@@ -181,110 +181,28 @@ impl Http {
                 // (no tier was chosen), so error ratios see rejected bodies too.
                 let tier = sh.cfg.default_tier;
                 let model = sh.cfg.tiers.get(tier).and_then(|t| t.model.as_deref());
-                self.routed = Some(Routed {
-                    tier: u16::try_from(tier).unwrap_or(u16::MAX),
-                    model: sh.stats.catalog().model(model),
-                    prompt_estimate: None,
-                    stream: false,
-                    charge: None,
-                    limits_status: None,
-                    ticket: None,
-                });
+                self.routed = Some(Routed::new(sh, tier, model, None, false));
                 return self.reply(&reply);
             }
             Plan::Forward(fwd) => fwd,
         };
-        let cat = sh.stats.catalog();
-        let tier = u16::try_from(fwd.tier).unwrap_or(u16::MAX);
-        let model = cat.model(fwd.model.as_deref());
-        drop(cat);
         if let Some(why) = fwd.invalid {
             sh.stats
                 .inc(Metric::InvalidBody, &[metrics::invalid_reason(why)]);
         }
-        let mut routed = Routed {
-            tier,
-            model,
-            prompt_estimate: fwd.prompt_tokens,
-            stream: fwd.stream,
-            charge: None,
-            limits_status: None,
-            ticket: None,
-        };
-
-        if let Some(tenants) = &sh.cfg.tenants {
-            let id = match &tenants.source {
-                TenantSource::Header(name) => plan::header(&headers, name).map(str::to_string),
-                source => ratelimit::jwt_claim_path(source).and_then(|p| property_string(&p)),
-            };
-            let cost = ratelimit::token_cost(tenants, fwd.prompt_tokens, fwd.max_tokens);
-            match ratelimit::gate(tenants, id.as_deref(), cost, &SharedData, now_ms()) {
-                Gate::Pass {
-                    tenant,
-                    charged_tokens,
-                    status,
-                } => {
-                    routed.charge = Some((tenant, charged_tokens));
-                    routed.limits_status = Some(status);
-                }
-                Gate::Refuse {
-                    reply,
-                    tenant_label,
-                    bucket,
-                } => {
-                    if let Some(b) = bucket {
-                        let t = sh.stats.catalog().tenant(&tenant_label);
-                        sh.stats.inc(Metric::RateLimited, &[t, b.label()]);
-                    }
-                    self.routed = Some(routed);
-                    return self.reply(&reply);
-                }
-                Gate::Degraded(why) => {
-                    warn!("llm-router: rate limit state unavailable, admitting: {why}");
-                }
-            }
-        }
-
-        let mut fwd = fwd;
-        if let Some(ep_cfg) = &sh.cfg.endpoints {
-            let pool = sh
-                .cfg
-                .tiers
-                .get(fwd.tier)
-                .map(|t| t.name.as_str())
-                .unwrap_or("");
-            let header_crit = ep_cfg
-                .criticality_header
-                .as_deref()
-                .and_then(|h| plan::header(&headers, h));
-            let crit = crate::endpoints::criticality(fwd.criticality, header_crit);
-            match sh
-                .snapshots
-                .pick(ep_cfg, pool, crit, now_ms(), random_u64())
-            {
-                picker::Outcome::Picked { address, ticket } => {
-                    let label = sh.stats.endpoint_label(&address);
-                    sh.stats.inc(Metric::EndpointPicked, &[tier, label]);
-                    fwd.set_headers
-                        .push((sh.cfg.headers.endpoint.clone(), address));
-                    routed.ticket = Some(ticket);
-                }
-                picker::Outcome::Shed => {
-                    sh.stats.inc(Metric::Shed, &[model]);
-                    self.routed = Some(routed);
-                    let reply = LocalReply::error(
-                        429,
-                        "server_error",
-                        "overloaded",
-                        "Every model server for this request is at capacity; retry shortly.",
-                    )
-                    .with_header("retry-after", "1".to_string());
-                    return self.reply(&reply);
-                }
-                picker::Outcome::Fallback(why) => {
-                    sh.stats.inc(Metric::EndpointFallback, &[tier, why as u16]);
-                }
-            }
+        let mut routed = Routed::new(
+            sh,
+            fwd.tier,
+            fwd.model.as_deref(),
+            fwd.prompt_tokens,
+            fwd.stream,
+        );
+        let refusal = charge_tenant(sh, &headers, &fwd, &mut routed)
+            .or_else(|| pick_endpoint(sh, &headers, &mut fwd, &mut routed));
+        let (tier, model) = (routed.tier, routed.model);
+        self.routed = Some(routed);
+        if let Some(reply) = refusal {
+            return self.reply(&reply);
         }
 
         sh.stats.inc(
@@ -294,7 +212,6 @@ impl Http {
         if let Some(p) = fwd.prompt_tokens {
             sh.stats.record(Metric::PromptTokensEstimated, &[tier], p);
         }
-        self.routed = Some(routed);
         apply_forward(&fwd, body_size);
         Action::Continue
     }
@@ -441,6 +358,114 @@ impl Http {
             },
         };
         self.reply(&reply)
+    }
+}
+
+impl Routed {
+    fn new(
+        sh: &Shared,
+        tier: usize,
+        model: Option<&str>,
+        prompt_estimate: Option<u64>,
+        stream: bool,
+    ) -> Routed {
+        Routed {
+            tier: u16::try_from(tier).unwrap_or(u16::MAX),
+            model: sh.stats.catalog().model(model),
+            prompt_estimate,
+            stream,
+            charge: None,
+            limits_status: None,
+            ticket: None,
+        }
+    }
+}
+
+/// Charges the request to its tenant's buckets (when tenants are configured). Returns the
+/// reply when the tenant is refused (429, or 401 for an unknown tenant under `reject`).
+fn charge_tenant(
+    sh: &Shared,
+    headers: &plan::Headers,
+    fwd: &Forward,
+    routed: &mut Routed,
+) -> Option<LocalReply> {
+    let tenants = sh.cfg.tenants.as_ref()?;
+    let id = match &tenants.source {
+        TenantSource::Header(name) => plan::header(headers, name).map(str::to_string),
+        source => ratelimit::jwt_claim_path(source).and_then(|p| property_string(&p)),
+    };
+    let cost = ratelimit::token_cost(tenants, fwd.prompt_tokens, fwd.max_tokens);
+    match ratelimit::gate(tenants, id.as_deref(), cost, &SharedData, now_ms()) {
+        Gate::Pass {
+            tenant,
+            charged_tokens,
+            status,
+        } => {
+            routed.charge = Some((tenant, charged_tokens));
+            routed.limits_status = Some(status);
+            None
+        }
+        Gate::Refuse {
+            reply,
+            tenant_label,
+            bucket,
+        } => {
+            if let Some(b) = bucket {
+                let t = sh.stats.catalog().tenant(&tenant_label);
+                sh.stats.inc(Metric::RateLimited, &[t, b.label()]);
+            }
+            Some(reply)
+        }
+        Gate::Degraded(why) => {
+            warn!("llm-router: rate limit state unavailable, admitting: {why}");
+            None
+        }
+    }
+}
+
+/// Names the least-loaded endpoint of the tier's pool (when endpoints are configured) in
+/// `headers.endpoint`. Returns the reply when a sheddable request meets a saturated pool.
+fn pick_endpoint(
+    sh: &Shared,
+    headers: &plan::Headers,
+    fwd: &mut Forward,
+    routed: &mut Routed,
+) -> Option<LocalReply> {
+    let ep_cfg = sh.cfg.endpoints.as_ref()?;
+    let pool = sh.cfg.tiers.get(fwd.tier).map_or("", |t| t.name.as_str());
+    let asked = ep_cfg
+        .criticality_header
+        .as_deref()
+        .and_then(|h| plan::header(headers, h));
+    let crit = crate::endpoints::criticality(fwd.criticality, asked);
+    match sh
+        .snapshots
+        .pick(ep_cfg, pool, crit, now_ms(), random_u64())
+    {
+        picker::Outcome::Picked { address, ticket } => {
+            let label = sh.stats.endpoint_label(&address);
+            sh.stats.inc(Metric::EndpointPicked, &[routed.tier, label]);
+            fwd.set_headers
+                .push((sh.cfg.headers.endpoint.clone(), address));
+            routed.ticket = Some(ticket);
+            None
+        }
+        picker::Outcome::Shed => {
+            sh.stats.inc(Metric::Shed, &[routed.model]);
+            let reply = LocalReply::error(
+                429,
+                "server_error",
+                "overloaded",
+                "Every model server for this request is at capacity; retry shortly.",
+            )
+            .with_header("retry-after", "1".to_string());
+            Some(reply)
+        }
+        picker::Outcome::Fallback(why) => {
+            sh.stats
+                .inc(Metric::EndpointFallback, &[routed.tier, why as u16]);
+            None
+        }
     }
 }
 
