@@ -34,47 +34,63 @@ pub fn default_corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus")
 }
 
-/// Reads every `<dir>/<category>/*.txt` and counts its tokens.
-pub fn load_samples(dir: &Path) -> Result<Vec<Sample>, BoxError> {
-    let cl100k = tiktoken_rs::cl100k_base().map_err(|e| format!("cl100k_base: {e}"))?;
-    let o200k = tiktoken_rs::o200k_base().map_err(|e| format!("o200k_base: {e}"))?;
-    let mut categories: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    categories.sort();
-    let mut samples = Vec::new();
-    for cat_dir in categories {
+/// One text of the corpus.
+pub struct Text {
+    pub category: String,
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// Every non-empty `<dir>/<category>/*.txt`, in category then file-name order.
+pub fn load_texts(dir: &Path) -> Result<Vec<Text>, BoxError> {
+    let sorted = |d: &Path, keep: &dyn Fn(&Path) -> bool| -> Result<Vec<PathBuf>, BoxError> {
+        let mut v: Vec<PathBuf> = fs::read_dir(d)
+            .map_err(|e| format!("{}: {e}", d.display()))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| keep(p))
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let mut out = Vec::new();
+    for cat_dir in sorted(dir, &|p| p.is_dir())? {
         let category = cat_dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut files: Vec<PathBuf> = fs::read_dir(&cat_dir)?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "txt"))
-            .collect();
-        files.sort();
-        for path in files {
+        for path in sorted(&cat_dir, &|p| p.extension().is_some_and(|e| e == "txt"))? {
             let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            if text.is_empty() {
-                continue;
+            if !text.is_empty() {
+                out.push(Text {
+                    category: category.clone(),
+                    path,
+                    text,
+                });
             }
-            samples.push(Sample {
-                category: category.clone(),
-                chars: text.chars().count(),
-                cl100k: cl100k.encode_ordinary(&text).len(),
-                o200k: o200k.encode_ordinary(&text).len(),
-                estimate: llm_router::tokens::estimate_tokens(&text),
-                bytes4: bytes_div_4(&text),
-                path,
-            });
         }
     }
-    if samples.is_empty() {
+    if out.is_empty() {
         return Err(format!("no samples under {}", dir.display()).into());
     }
-    Ok(samples)
+    Ok(out)
+}
+
+/// Reads every `<dir>/<category>/*.txt` and counts its tokens.
+pub fn load_samples(dir: &Path) -> Result<Vec<Sample>, BoxError> {
+    let cl100k = tiktoken_rs::cl100k_base().map_err(|e| format!("cl100k_base: {e}"))?;
+    let o200k = tiktoken_rs::o200k_base().map_err(|e| format!("o200k_base: {e}"))?;
+    Ok(load_texts(dir)?
+        .into_iter()
+        .map(|t| Sample {
+            chars: t.text.chars().count(),
+            cl100k: cl100k.encode_ordinary(&t.text).len(),
+            o200k: o200k.encode_ordinary(&t.text).len(),
+            estimate: llm_router::tokens::estimate_tokens(&t.text),
+            bytes4: bytes_div_4(&t.text),
+            category: t.category,
+            path: t.path,
+        })
+        .collect())
 }
 
 /// Absolute percentage error of `estimate` against `reference` (a fraction: 0.1 = 10 %).

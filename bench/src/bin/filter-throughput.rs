@@ -17,7 +17,6 @@
 //!   --ms N      measuring time per figure in milliseconds (default 500)
 //!   CORPUS_DIR  defaults to this crate's corpus/
 
-use std::fs;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -168,38 +167,14 @@ fn time_best(budget: Duration, mut f: impl FnMut()) -> Duration {
     best
 }
 
-/// `<dir>/<category>/*.txt`, by category, sorted.
+/// The corpus texts grouped by category (in order).
 fn load_texts(dir: &Path) -> Result<Vec<(String, Vec<String>)>, BoxError> {
-    let mut categories: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    categories.sort();
-    let mut out = Vec::new();
-    for cat_dir in categories {
-        let name = cat_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut files: Vec<PathBuf> = fs::read_dir(&cat_dir)?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "txt"))
-            .collect();
-        files.sort();
-        let mut texts = Vec::new();
-        for path in files {
-            let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            if !text.is_empty() {
-                texts.push(text);
-            }
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for t in llm_router_bench::load_texts(dir)? {
+        match out.last_mut() {
+            Some((cat, texts)) if *cat == t.category => texts.push(t.text),
+            _ => out.push((t.category, vec![t.text])),
         }
-        if !texts.is_empty() {
-            out.push((name, texts));
-        }
-    }
-    if out.is_empty() {
-        return Err(format!("no samples under {}", dir.display()).into());
     }
     Ok(out)
 }
