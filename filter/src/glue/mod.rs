@@ -130,6 +130,9 @@ pub struct Http {
     /// Headers are held and the body is being collected.
     inspecting: bool,
     path: String,
+    /// Request headers as read in the headers callback (spoofed routing headers already
+    /// removed), kept for the decision so the host map is read once per request.
+    headers: Vec<(String, String)>,
     start_ms: u64,
     routed: Option<Routed>,
     /// The filter answered this request itself.
@@ -147,6 +150,7 @@ impl Http {
             shared,
             inspecting: false,
             path: String::new(),
+            headers: Vec::new(),
             start_ms: 0,
             routed: None,
             local_reply: false,
@@ -172,7 +176,7 @@ impl Http {
         body_size: usize,
     ) -> Action {
         self.inspecting = false;
-        let headers = request_headers();
+        let headers = std::mem::take(&mut self.headers);
         let mut fwd = match plan::plan(&sh.cfg, &self.path, &headers, body, random_u64()) {
             Plan::Reject(why, reply) => {
                 sh.stats
@@ -508,10 +512,11 @@ impl HttpContext for Http {
         }
         self.path = path.to_string();
         self.start_ms = now_ms();
+        let declared = plan::header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
+        self.headers = headers;
         if end_of_stream {
             return self.decide(&sh, Ok(&[]), 0);
         }
-        let declared = plan::header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > sh.cfg.max_body_bytes as u64) {
             return self.decide(&sh, Err(InvalidBody::TooLarge), 0);
         }
