@@ -1,10 +1,12 @@
 //! OpenAI-style request bodies: what the router needs from them, and the one edit it makes
 //! (the `model` field), done in place so every other byte of the body is kept.
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::ops::Range;
+
+mod json;
+mod prompt;
 
 /// Why a body could not be inspected. `label()` is a bounded set (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,8 +15,8 @@ pub enum InvalidBody {
     TooLarge,
     NotJson,
     NotObject,
-    /// Valid JSON object, but a field the router reads has the wrong type (or a duplicate key,
-    /// which upstream parsers resolve differently from ours).
+    /// Valid JSON object, but a field the router reads has a value the model server would
+    /// refuse too (a negative `max_tokens`, `messages` that is not an array, ...).
     InvalidField,
 }
 
@@ -35,9 +37,7 @@ impl InvalidBody {
             InvalidBody::TooLarge => "The request body exceeds the gateway's size limit.",
             InvalidBody::NotJson => "The request body is not valid JSON.",
             InvalidBody::NotObject => "The request body must be a JSON object.",
-            InvalidBody::InvalidField => {
-                "The request body has a field of the wrong type or a duplicated field."
-            }
+            InvalidBody::InvalidField => "The request body has a field of the wrong type.",
         }
     }
 }
@@ -45,20 +45,27 @@ impl InvalidBody {
 /// What the router reads from a request body.
 #[derive(Debug, Default, PartialEq)]
 pub struct RequestInfo<'a> {
-    /// The requested model, as sent.
+    /// The requested model: the last top-level `model` member, when it is a string.
     pub model: Option<Cow<'a, str>>,
-    /// Byte range of the `model` value (including its quotes) in the body.
-    pub model_span: Option<Range<usize>>,
-    /// Prompt text segments: message contents, `prompt` strings, `input` strings.
+    /// Byte ranges of the values of EVERY top-level `model` member (any JSON type, duplicates
+    /// included), in body order.
+    pub model_spans: Vec<Range<usize>>,
+    /// Prompt text segments: message contents, tool calls and definitions, `prompt`/`input`
+    /// strings, schemas (some as raw JSON text).
     pub segments: Vec<Cow<'a, str>>,
     /// Number of chat messages (each carries a few tokens of framing).
     pub messages: u64,
+    /// Number of tool/function definitions (each carries a few tokens of framing).
+    pub tools: u64,
     /// Tokens given directly as token ids (`prompt`/`input` as integer arrays).
     pub token_ids: u64,
-    /// Image parts of chat content.
+    /// Image (and other media) parts of chat content.
     pub images: u64,
-    /// `max_completion_tokens`, else `max_tokens`.
+    /// The completion limit by vLLM's rule: `max_completion_tokens`, else `max_tokens`, a 0
+    /// counting as unset.
     pub max_tokens: Option<u64>,
+    /// Completions generated per request: the larger of `n` and `best_of`, at least 1.
+    pub n: u64,
     pub stream: bool,
     /// The body has a `stream_options` member (whatever its value).
     pub has_stream_options: bool,
@@ -68,199 +75,158 @@ pub struct RequestInfo<'a> {
     pub object_start: usize,
 }
 
-#[derive(Deserialize)]
-struct Wire<'a> {
-    #[serde(borrow, default)]
-    model: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    messages: Option<Vec<WireMessage<'a>>>,
-    #[serde(borrow, default)]
-    prompt: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    input: Option<&'a RawValue>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_completion_tokens: Option<u64>,
-    #[serde(default)]
-    stream: Option<bool>,
-    /// `None`: absent; `Some(include_usage)`: present (possibly `null`).
-    #[serde(default, deserialize_with = "present_stream_options")]
-    stream_options: Option<Option<bool>>,
-}
-
-fn present_stream_options<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<bool>>, D::Error> {
-    let v: Option<WireStreamOptions> = Option::deserialize(d)?;
-    Ok(Some(v.and_then(|o| o.include_usage)))
-}
-
-#[derive(Deserialize)]
-struct WireMessage<'a> {
-    #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Vec<WireToolCall<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct WireToolCall<'a> {
-    #[serde(borrow, default)]
-    function: Option<WireFunction<'a>>,
-}
-
-#[derive(Deserialize)]
-struct WireFunction<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    arguments: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct WireStreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct WirePart<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
-}
-
 /// Reads a request body. `body` is the whole body (the caller enforces the size limit).
+///
+/// Hostile bodies are read as the model server would read them: duplicate keys (at any depth)
+/// resolve to the last one, numbers and booleans are coerced as pydantic's lax mode does
+/// (`100.0`, `"100"`, `"true"`), fields the router does not read are skipped without recursion.
+/// `InvalidField` is left for values the model server would refuse too (a negative or
+/// fractional `max_tokens`, `messages` that is not an array, ...).
 pub fn inspect(body: &[u8]) -> Result<RequestInfo<'_>, InvalidBody> {
     let first = body.iter().position(|b| !b.is_ascii_whitespace());
     let Some(first) = first else {
         return Err(InvalidBody::Empty);
     };
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Err(InvalidBody::NotJson);
+    };
     if body.get(first) != Some(&b'{') {
-        return Err(
-            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-                Ok(_) => InvalidBody::NotObject,
-                Err(_) => InvalidBody::NotJson,
-            },
-        );
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => InvalidBody::NotObject,
+            Err(_) => InvalidBody::NotJson,
+        });
     }
-    let wire: Wire = serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => InvalidBody::InvalidField,
-        _ => InvalidBody::NotJson,
-    })?;
+    let mut model_spans = Vec::new();
+    let fields = json::members(text, TOP_LEVEL, &mut |key, value| {
+        if key == "model" {
+            model_spans.push(span_of(body, value.get()));
+        }
+    })
+    .map_err(|_| InvalidBody::NotJson)?;
+    let [model, messages, prompt, input, max_tokens, max_completion_tokens, n, best_of, stream, stream_options, tools, functions, extra @ ..] =
+        fields;
 
+    let uint = |raw: Option<&RawValue>| -> Result<Option<u64>, InvalidBody> {
+        raw.map_or(Ok(None), |r| {
+            json::lax_uint(r).map_err(|()| InvalidBody::InvalidField)
+        })
+    };
+    let unset_if_zero = |v: Option<u64>| v.filter(|&v| v > 0);
     let mut info = RequestInfo {
         object_start: first + 1,
-        max_tokens: wire.max_completion_tokens.or(wire.max_tokens),
-        stream: wire.stream.unwrap_or(false),
-        has_stream_options: wire.stream_options.is_some(),
-        include_usage: wire.stream_options.flatten().unwrap_or(false),
+        model: model.and_then(json::string),
+        model_spans,
+        max_tokens: unset_if_zero(uint(max_completion_tokens)?)
+            .or(unset_if_zero(uint(max_tokens)?)),
+        n: uint(n)?
+            .unwrap_or(1)
+            .max(uint(best_of)?.unwrap_or(0))
+            .max(1),
+        stream: match stream {
+            Some(raw) => json::lax_bool(raw)
+                .map_err(|()| InvalidBody::InvalidField)?
+                .unwrap_or(false),
+            None => false,
+        },
         ..RequestInfo::default()
     };
-
-    if let Some(raw) = wire.model {
-        info.model = Some(decode_str(raw).ok_or(InvalidBody::InvalidField)?);
-        info.model_span = Some(span_of(body, raw.get()));
+    if let Some(raw) = stream_options {
+        info.has_stream_options = true;
+        info.include_usage = include_usage(raw)?;
     }
-    if let Some(messages) = wire.messages {
-        info.messages = messages.len() as u64;
-        // Usually one text segment per message: grow once.
-        info.segments.reserve(messages.len());
-        for m in messages {
-            if let Some(content) = m.content {
-                add_content(&mut info, content)?;
-            }
-            for call in m.tool_calls.into_iter().flatten() {
-                if let Some(f) = call.function {
-                    info.segments.extend(f.name);
-                    info.segments.extend(f.arguments);
-                }
-            }
+    if let Some(raw) = messages {
+        match json::kind(raw) {
+            b'n' => {}
+            b'[' => prompt::messages(&mut info, raw)?,
+            _ => return Err(InvalidBody::InvalidField),
         }
     }
-    for raw in [wire.prompt, wire.input].into_iter().flatten() {
-        add_prompt(&mut info, raw)?;
+    for raw in [prompt, input].into_iter().flatten() {
+        prompt::prompt(&mut info, raw)?;
+    }
+    if let Some(raw) = tools {
+        prompt::tools(&mut info, raw, true);
+    }
+    if let Some(raw) = functions {
+        prompt::tools(&mut info, raw, false);
+    }
+    // `response_format`, `suffix`, `documents`, `chat_template`, `chat_template_kwargs`.
+    for raw in extra.into_iter().flatten() {
+        prompt::loose(&mut info.segments, raw);
     }
     Ok(info)
 }
 
-/// Chat content: a string, or an array of parts (`{"type":"text","text":...}`, images, ...).
-fn add_content<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue) -> Result<(), InvalidBody> {
-    match raw.get().as_bytes().first() {
-        Some(b'"') => info
-            .segments
-            .push(decode_str(raw).ok_or(InvalidBody::InvalidField)?),
-        Some(b'[') => {
-            let parts: Vec<WirePart> =
-                serde_json::from_str(raw.get()).map_err(|_| InvalidBody::InvalidField)?;
-            for p in parts {
-                match (p.kind.as_deref(), p.text) {
-                    (_, Some(text)) => info.segments.push(text),
-                    (Some("image_url" | "image" | "input_image"), None) => info.images += 1,
-                    _ => {}
-                }
-            }
-        }
-        // null (assistant tool-call turns) and anything else carry no prompt text.
-        _ => {}
-    }
-    Ok(())
-}
+/// Top-level members the router reads, in the order `inspect` destructures them.
+const TOP_LEVEL: [&str; 17] = [
+    "model",
+    "messages",
+    "prompt",
+    "input",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "best_of",
+    "stream",
+    "stream_options",
+    "tools",
+    "functions",
+    "response_format",
+    "suffix",
+    "documents",
+    "chat_template",
+    "chat_template_kwargs",
+];
 
-/// `prompt` / `input`: a string, an array of strings, an array of token ids, or an array of
-/// arrays of token ids.
-fn add_prompt<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue) -> Result<(), InvalidBody> {
-    match raw.get().as_bytes().first() {
-        Some(b'"') => info
-            .segments
-            .push(decode_str(raw).ok_or(InvalidBody::InvalidField)?),
-        Some(b'[') => {
-            let items: Vec<&RawValue> =
-                serde_json::from_str(raw.get()).map_err(|_| InvalidBody::InvalidField)?;
-            for item in items {
-                match item.get().as_bytes().first() {
-                    Some(b'"') => info
-                        .segments
-                        .push(decode_str(item).ok_or(InvalidBody::InvalidField)?),
-                    Some(b'[') => {
-                        let ids: Vec<serde::de::IgnoredAny> = serde_json::from_str(item.get())
-                            .map_err(|_| InvalidBody::InvalidField)?;
-                        info.token_ids += ids.len() as u64;
-                    }
-                    Some(b'0'..=b'9') => info.token_ids += 1,
-                    _ => return Err(InvalidBody::InvalidField),
-                }
-            }
-        }
-        Some(b'n') => {} // null
-        _ => return Err(InvalidBody::InvalidField),
-    }
-    Ok(())
-}
-
-/// A JSON string value, borrowed when it has no escapes.
-///
-/// One parse either way: deserializing a `&str` first and falling back to `String` would scan
-/// an escaped string twice, and the failed attempt formats the whole string into its error.
-fn decode_str(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let s = raw.get();
-    if !s.starts_with('"') {
+/// The `model` members of a body that is a JSON object (whatever its other fields hold), for
+/// [`with_model`]; `None` when the body is not a JSON object.
+pub fn locate_model(body: &[u8]) -> Option<RequestInfo<'_>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let first = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body.get(first) != Some(&b'{') {
         return None;
     }
-    serde_json::from_str::<JsonStr>(s).ok().map(|JsonStr(v)| v)
+    let mut model_spans = Vec::new();
+    json::members(text, [], &mut |key, value| {
+        if key == "model" {
+            model_spans.push(span_of(body, value.get()));
+        }
+    })
+    .ok()?;
+    Some(RequestInfo {
+        model_spans,
+        object_start: first + 1,
+        n: 1,
+        ..RequestInfo::default()
+    })
 }
 
-/// A JSON string, borrowed from the input when it has no escapes, decoded otherwise.
-#[derive(Deserialize)]
-struct JsonStr<'a>(#[serde(borrow)] Cow<'a, str>);
+/// `stream_options.include_usage` (`stream_options` may be `null` or `{}`).
+fn include_usage(raw: &RawValue) -> Result<bool, InvalidBody> {
+    match json::kind(raw) {
+        b'n' => Ok(false),
+        b'{' => {
+            let [usage] = json::members(raw.get(), ["include_usage"], &mut |_, _| {})
+                .map_err(|_| InvalidBody::InvalidField)?;
+            match usage {
+                Some(u) => Ok(json::lax_bool(u)
+                    .map_err(|()| InvalidBody::InvalidField)?
+                    .unwrap_or(false)),
+                None => Ok(false),
+            }
+        }
+        _ => Err(InvalidBody::InvalidField),
+    }
+}
 
 /// Byte range of `inner` (a sub-slice handed out by serde_json) within `outer`.
 fn span_of(outer: &[u8], inner: &str) -> Range<usize> {
     let start = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
     start..start + inner.len()
 }
+
+/// Tokens of framing per tool definition (the JSON keys and template text around it).
+const TOOL_FRAMING: u64 = 10;
 
 /// Prompt tokens of a request: estimated per text segment, plus chat framing (about 4 tokens
 /// per message and 3 to prime the reply, as OpenAI counts them), images at a flat 85 tokens
@@ -272,37 +238,101 @@ pub fn prompt_tokens(info: &RequestInfo) -> u64 {
         .map(|s| crate::tokens::estimate_tokens(s))
         .sum();
     let framing = if info.messages > 0 {
-        info.messages * 4 + 3
+        info.messages.saturating_mul(4).saturating_add(3)
     } else {
         0
     };
-    text + framing + info.token_ids + info.images * 85
+    text.saturating_add(framing)
+        .saturating_add(info.tools.saturating_mul(TOOL_FRAMING))
+        .saturating_add(info.token_ids)
+        .saturating_add(info.images.saturating_mul(85))
 }
 
-/// The body with its top-level `model` set to `model`: the old value's bytes are replaced,
-/// or a `"model"` member is inserted first when the body had none. Everything else is kept
-/// byte for byte.
+/// The body with its top-level `model` set to `model`, so that every JSON parser reads the new
+/// value whatever the original held (`null`, a number, duplicated members): the last `model`
+/// member's value is replaced, earlier `model` members are removed (with their comma), and a
+/// `"model"` member is inserted first when the body had none. Everything else is kept byte
+/// for byte. `info` must come from `inspect(body)`.
 pub fn with_model(body: &[u8], info: &RequestInfo, model: &str) -> Vec<u8> {
     let quoted = json_string(model);
-    let mut out = Vec::with_capacity(body.len() + quoted.len() + 10);
-    match &info.model_span {
-        Some(span) => {
-            out.extend_from_slice(body.get(..span.start).unwrap_or_default());
-            out.extend_from_slice(quoted.as_bytes());
-            out.extend_from_slice(body.get(span.end..).unwrap_or_default());
+    let mut out = Vec::with_capacity(body.len().saturating_add(quoted.len()).saturating_add(10));
+    let Some((last, earlier)) = info.model_spans.split_last() else {
+        let (head, tail) = body.split_at(info.object_start.min(body.len()));
+        out.extend_from_slice(head);
+        out.extend_from_slice(b"\"model\":");
+        out.extend_from_slice(quoted.as_bytes());
+        if tail.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}') {
+            out.push(b',');
         }
-        None => {
-            let (head, tail) = body.split_at(info.object_start.min(body.len()));
-            out.extend_from_slice(head);
-            out.extend_from_slice(b"\"model\":");
-            out.extend_from_slice(quoted.as_bytes());
-            if tail.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}') {
-                out.push(b',');
+        out.extend_from_slice(tail);
+        return out;
+    };
+    let mut at = 0usize;
+    for span in earlier {
+        match member_extent(body, span) {
+            Some(cut) if cut.start >= at => {
+                out.extend_from_slice(body.get(at..cut.start).unwrap_or_default());
+                at = cut.end;
             }
-            out.extend_from_slice(tail);
+            // Never for a body `inspect` accepted; replacing the value is still safe.
+            _ => {
+                out.extend_from_slice(body.get(at..span.start).unwrap_or_default());
+                out.extend_from_slice(quoted.as_bytes());
+                at = span.end;
+            }
         }
     }
+    out.extend_from_slice(body.get(at..last.start).unwrap_or_default());
+    out.extend_from_slice(quoted.as_bytes());
+    out.extend_from_slice(body.get(last.end..).unwrap_or_default());
     out
+}
+
+/// The bytes of the object member whose value spans `value`, from its key's opening quote
+/// through the comma that follows it and the whitespace after that comma. `None` when the
+/// bytes around `value` are not `"key" : value ,`.
+fn member_extent(body: &[u8], value: &Range<usize>) -> Option<Range<usize>> {
+    let is_ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let before = body.get(..value.start)?;
+    let colon = before.iter().rposition(|b| !is_ws(b))?;
+    if before.get(colon) != Some(&b':') {
+        return None;
+    }
+    let close = before.get(..colon)?.iter().rposition(|b| !is_ws(b))?;
+    if before.get(close) != Some(&b'"') {
+        return None;
+    }
+    // The opening quote: the nearest quote before `close` not escaped by an odd number of
+    // backslashes (a key holds no other unescaped quote).
+    let mut open = close;
+    loop {
+        open = before.get(..open)?.iter().rposition(|&b| b == b'"')?;
+        let slashes = before
+            .get(..open)?
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if slashes % 2 == 0 {
+            break;
+        }
+    }
+    let after = body.get(value.end..)?;
+    let comma = after.iter().position(|b| !is_ws(b))?;
+    if after.get(comma) != Some(&b',') {
+        return None;
+    }
+    let next = after
+        .get(comma.saturating_add(1)..)?
+        .iter()
+        .position(|b| !is_ws(b))?;
+    Some(
+        open..value
+            .end
+            .saturating_add(comma)
+            .saturating_add(1)
+            .saturating_add(next),
+    )
 }
 
 /// The body with `"stream_options":{"include_usage":true}` added as its first member (for

@@ -171,10 +171,10 @@ impl Config {
         self.models.iter().find(|m| m.name == model)
     }
 
-    /// Whether `path` (query string ignored) is one of the inspected API paths.
-    pub fn is_api_path(&self, path: &str) -> bool {
-        let path = path.split(['?', '#']).next().unwrap_or(path);
-        self.apis.iter().any(|p| path_has_prefix(path, p))
+    /// Whether the raw request path (`:path`, query and fragment ignored) is one of the
+    /// inspected API paths under any plausible decoding (see [`crate::path::matches_prefixes`]).
+    pub fn is_api_path(&self, raw_path: &str) -> bool {
+        crate::path::matches_prefixes(&self.apis, raw_path.as_bytes())
     }
 
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {

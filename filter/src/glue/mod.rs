@@ -168,7 +168,8 @@ impl Http {
     }
 
     /// Decides with the body (or why there is none usable) and applies the decision.
-    /// `body_size` is the size of the body buffer the host holds now.
+    /// `body_size` is the size of the body buffer the host holds now (for a body refused as
+    /// too large from its content-length, that declared length).
     fn decide(
         &mut self,
         sh: &Shared,
@@ -177,7 +178,14 @@ impl Http {
     ) -> Action {
         self.inspecting = false;
         let headers = std::mem::take(&mut self.headers);
-        let mut fwd = match plan::plan(&sh.cfg, &self.path, &headers, body, random_u64()) {
+        let mut fwd = match plan::plan(
+            &sh.cfg,
+            &self.path,
+            &headers,
+            body,
+            body_size as u64,
+            random_u64(),
+        ) {
             Plan::Reject(why, reply) => {
                 sh.stats
                     .inc(Metric::InvalidBody, &[metrics::invalid_reason(why)]);
@@ -503,22 +511,23 @@ impl HttpContext for Http {
         let method = plan::header(&headers, ":method").unwrap_or_default();
         let path = plan::header(&headers, ":path").unwrap_or_default();
         if let Some(ep) = &sh.cfg.endpoints {
-            if path.split('?').next() == Some(ep.push_path.as_str()) {
+            if crate::path::normalize(path.as_bytes()) == ep.push_path {
                 return self.push_headers(&sh, &headers, method, end_of_stream);
             }
         }
         if method != "POST" || !sh.cfg.is_api_path(path) {
             return Action::Continue;
         }
-        self.path = path.to_string();
+        self.path = crate::path::normalize(path.as_bytes());
         self.start_ms = now_ms();
         let declared = plan::header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
         self.headers = headers;
         if end_of_stream {
             return self.decide(&sh, Ok(&[]), 0);
         }
-        if declared.is_some_and(|len| len > sh.cfg.max_body_bytes as u64) {
-            return self.decide(&sh, Err(InvalidBody::TooLarge), 0);
+        if let Some(len) = declared.filter(|&len| len > sh.cfg.max_body_bytes as u64) {
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            return self.decide(&sh, Err(InvalidBody::TooLarge), len);
         }
         // Hold the headers until the whole body is here (needs the filter option
         // `allow_on_headers_stop_iteration: true` in Envoy).

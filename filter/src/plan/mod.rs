@@ -36,26 +36,42 @@ pub struct Forward {
     pub model: Option<String>,
     /// Index into `Config::models` when a split decided.
     pub split: Option<usize>,
+    /// Estimated prompt tokens; `None` when the body could not be read (charge it from
+    /// `body_bytes`).
     pub prompt_tokens: Option<u64>,
+    /// Completion limit by vLLM's rule (`max_completion_tokens`, else `max_tokens`; 0 = unset).
     pub max_tokens: Option<u64>,
+    /// Completions per request (`max(n, best_of)`, at least 1).
+    pub n: u64,
+    /// Length of the request body as known at decision time (the buffered body, or the
+    /// declared/received length of one too large to buffer).
+    pub body_bytes: u64,
     pub stream: bool,
     pub criticality: Criticality,
     pub invalid: Option<InvalidBody>,
 }
 
-/// Decides an inspected request. `body` is the whole body, or why it could not be had
-/// (too large). `roll` is a random number for weighted splits.
+/// Decides an inspected request. `path` is the normalised path ([`crate::path::normalize`]).
+/// `body` is the whole body, or why it could not be had (too large); `body_bytes` is the
+/// body's length as known at decision time (for a body too large to buffer: its
+/// content-length or what arrived so far; for a buffered body its length is used when
+/// larger). `roll` is a random number for weighted splits.
 pub fn plan(
     cfg: &Config,
     path: &str,
     headers: &Headers,
     body: Result<&[u8], InvalidBody>,
+    body_bytes: u64,
     roll: u64,
 ) -> Plan {
+    let body_bytes = match body {
+        Ok(b) => (b.len() as u64).max(body_bytes),
+        Err(_) => body_bytes,
+    };
     let info = body.and_then(body::inspect);
     let info = match info {
         Ok(info) => info,
-        Err(why) => return invalid(cfg, why),
+        Err(why) => return invalid(cfg, why, body.ok(), body_bytes),
     };
     let prompt_tokens = body::prompt_tokens(&info);
     let path_only = path.split(['?', '#']).next().unwrap_or(path);
@@ -97,14 +113,19 @@ pub fn plan(
         split: choice.split,
         prompt_tokens: Some(prompt_tokens),
         max_tokens: info.max_tokens,
+        n: info.n,
+        body_bytes,
         stream: info.stream,
         criticality: choice.criticality,
         invalid: None,
     })
 }
 
-/// A body that could not be inspected: default tier, or a 400/413, as configured.
-pub fn invalid(cfg: &Config, why: InvalidBody) -> Plan {
+/// A body that could not be inspected: default tier, or a 400/413, as configured. Under
+/// `default_tier`, a JSON object body (`body`, when given) still gets the tier's model
+/// written into it, so that a wrongly typed field cannot carry the client's model past a
+/// rewrite.
+pub fn invalid(cfg: &Config, why: InvalidBody, body: Option<&[u8]>, body_bytes: u64) -> Plan {
     match cfg.on_invalid_body {
         InvalidBodyAction::Reject => {
             Plan::Reject(why, reply::invalid_body(why, cfg.max_body_bytes))
@@ -116,15 +137,23 @@ pub fn invalid(cfg: &Config, why: InvalidBody) -> Plan {
             if let Some(m) = &model {
                 set_headers.push((cfg.headers.model.clone(), m.clone()));
             }
+            let new_body = match (body, &model) {
+                (Some(raw), Some(m)) => {
+                    body::locate_model(raw).map(|info| body::with_model(raw, &info, m))
+                }
+                _ => None,
+            };
             Plan::Forward(Forward {
                 tier,
                 reason: Reason::InvalidBody,
                 set_headers,
-                body: None,
+                body: new_body,
                 model,
                 split: None,
                 prompt_tokens: None,
                 max_tokens: None,
+                n: 1,
+                body_bytes,
                 stream: false,
                 criticality: Criticality::Standard,
                 invalid: Some(why),

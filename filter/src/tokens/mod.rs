@@ -81,6 +81,18 @@ pub(crate) struct Params {
     /// A run holding line breaks; extra when indentation follows the last line break.
     pub newline_run: u64,
     pub indent: u64,
+    /// Long whitespace runs: cost per character by kind (tiktoken merges at most about 128
+    /// spaces, 32 line breaks or 16 tabs into one token, and never merges form feeds), plus a
+    /// cost per change of kind inside the run (`" \n \n"` costs about a token per 4 chars).
+    /// A run costs the larger of this sum and the flat costs above.
+    pub ws_space: u64,
+    pub ws_tab: u64,
+    pub ws_newline: u64,
+    pub ws_cr: u64,
+    pub ws_nbsp: u64,
+    pub ws_wide: u64,
+    pub ws_other: u64,
+    pub ws_switch: u64,
 }
 
 pub(crate) const PARAMS: Params = Params {
@@ -111,7 +123,39 @@ pub(crate) const PARAMS: Params = Params {
     space_run: 975,
     newline_run: 950,
     indent: 425,
+    ws_space: 8,
+    ws_tab: 63,
+    ws_newline: 63,
+    ws_cr: 250,
+    ws_nbsp: 125,
+    ws_wide: 500,
+    ws_other: 1000,
+    ws_switch: 400,
 };
+
+/// Kind of a whitespace character (a change of kind inside a run costs `ws_switch`) and its
+/// cost in a long run. `\r` and `\n` are one kind: CRLF line ends merge well.
+fn ws_kind(p: &Params, c: u32) -> (u8, u64) {
+    match c {
+        0x20 => (0, p.ws_space),
+        0x09 => (1, p.ws_tab),
+        0x0A => (2, p.ws_newline),
+        0x0D => (2, p.ws_cr),
+        0xA0 => (3, p.ws_nbsp),
+        0x3000 => (4, p.ws_wide),
+        _ => (5, p.ws_other),
+    }
+}
+
+/// Adds one whitespace character of `kind` costing `rate` to a run's linear cost.
+#[inline]
+fn ws_add(p: &Params, lin: &mut u64, last: &mut u8, (kind, rate): (u8, u64)) {
+    *lin = lin.saturating_add(rate);
+    if *last != kind {
+        *lin = lin.saturating_add(p.ws_switch);
+        *last = kind;
+    }
+}
 
 /// Character classes that matter to the pre-tokenizer and to the costs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -249,12 +293,15 @@ enum Run {
     },
     Digits(u64),
     Punct(u64),
-    /// Whitespace: number of characters, whether it holds a line break, and the number of
-    /// spaces/tabs after the last line break.
+    /// Whitespace: number of characters, whether it holds a line break, the number of
+    /// spaces/tabs after the last line break, the run's linear cost (see `Params::ws_space`)
+    /// and the kind of its last character.
     Space {
         len: u64,
         newline: bool,
         trailing: u64,
+        lin: u64,
+        last: u8,
     },
 }
 
@@ -324,6 +371,8 @@ impl Estimator<'_> {
                 len,
                 newline,
                 trailing,
+                lin,
+                ..
             } => {
                 let merges_last = matches!(
                     next,
@@ -336,7 +385,7 @@ impl Estimator<'_> {
                             | Class::Punct
                     )
                 );
-                if newline {
+                let flat = if newline {
                     let indent = if trailing >= 2 { p.indent } else { 0 };
                     p.newline_run.saturating_add(indent)
                 } else if len == 1 && merges_last {
@@ -345,6 +394,11 @@ impl Estimator<'_> {
                     p.space_before_digit
                 } else {
                     p.space_run
+                };
+                if len >= 2 {
+                    flat.max(lin)
+                } else {
+                    flat
                 }
             }
         };
@@ -475,40 +529,43 @@ impl Estimator<'_> {
             }
             _ => {
                 // Space or Newline: the whitespace run up to the next other byte.
-                let mut n = 0usize;
-                let mut last_nl: Option<usize> = None;
-                for &b in s {
-                    match b {
-                        b'\n' | b'\r' => last_nl = Some(n),
-                        b' ' | b'\t' | 0x0C => {}
-                        _ => break,
-                    }
-                    n = n.saturating_add(1);
+                let p = self.p;
+                if !matches!(self.run, Run::Space { .. }) {
+                    self.flush(Some(class));
+                    self.run = Run::Space {
+                        len: 0,
+                        newline: false,
+                        trailing: 0,
+                        lin: 0,
+                        last: u8::MAX,
+                    };
                 }
-                let k = n as u64;
-                // Spaces/tabs after the last line break of this stretch.
-                let after_nl = last_nl.map(|i| n.saturating_sub(i).saturating_sub(1) as u64);
+                let mut n = 0usize;
                 if let Run::Space {
                     len,
                     newline,
                     trailing,
+                    lin,
+                    last,
                 } = &mut self.run
                 {
-                    *len = len.saturating_add(k);
-                    match after_nl {
-                        Some(t) => {
-                            *newline = true;
-                            *trailing = t;
-                        }
-                        None => *trailing = trailing.saturating_add(k),
+                    // The first character of a run adds no change of kind.
+                    if *len == 0 {
+                        *last = ws_kind(p, u32::from(first)).0;
                     }
-                } else {
-                    self.flush(Some(class));
-                    self.run = Run::Space {
-                        len: k,
-                        newline: after_nl.is_some(),
-                        trailing: after_nl.unwrap_or(k),
-                    };
+                    for &b in s {
+                        match b {
+                            b'\n' | b'\r' => {
+                                *newline = true;
+                                *trailing = 0;
+                            }
+                            b' ' | b'\t' | 0x0C => *trailing = trailing.saturating_add(1),
+                            _ => break,
+                        }
+                        ws_add(p, lin, last, ws_kind(p, u32::from(b)));
+                        n = n.saturating_add(1);
+                    }
+                    *len = len.saturating_add(n as u64);
                 }
                 self.last_lower = false;
                 n
@@ -580,10 +637,14 @@ impl Estimator<'_> {
             }
             Class::Space | Class::Newline => {
                 let nl = class == Class::Newline;
+                let p = self.p;
+                let step = ws_kind(p, u32::from(c));
                 if let Run::Space {
                     len,
                     newline,
                     trailing,
+                    lin,
+                    last,
                 } = &mut self.run
                 {
                     *len = len.saturating_add(1);
@@ -593,12 +654,15 @@ impl Estimator<'_> {
                     } else {
                         *trailing = trailing.saturating_add(1);
                     }
+                    ws_add(p, lin, last, step);
                 } else {
                     self.flush(Some(class));
                     self.run = Run::Space {
                         len: 1,
                         newline: nl,
                         trailing: u64::from(!nl),
+                        lin: step.1,
+                        last: step.0,
                     };
                 }
             }

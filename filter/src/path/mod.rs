@@ -1,0 +1,141 @@
+//! Request paths as the servers behind the gateway will read them, so that no spelling of an
+//! API path walks around inspection (`/v1/chat%2Fcompletions`, `//v1/chat/completions`,
+//! `/x/../v1/chat/completions`, ...).
+//!
+//! Two functions: [`normalize`] gives THE path (one percent-decoding, the usual server
+//! reading) for comparisons that need one answer (the push path, `path_prefix` rules), and
+//! [`matches_prefixes`] answers "is this an API path" conservatively: yes when ANY plausible
+//! reading of the raw bytes matches (no decoding, decoded once, twice, three times; dot
+//! segments resolved or not; `\` read as `/` or not; cut at a decoded `?`, `#` or `;` or not).
+//! Over-matching only means a request is inspected that need not be; under-matching would let
+//! it past the limits and rules.
+
+use std::borrow::Cow;
+
+/// Decoding rounds tried by [`matches_prefixes`] (`%25252F` is three rounds from `/`).
+const MAX_ROUNDS: usize = 4;
+
+/// The path a server reads from a raw `:path`: query (`?...`) and fragment (`#...`) dropped,
+/// percent-escapes decoded once (`%2F` and `%2f` are `/`, `%2E` is `.`; malformed escapes such
+/// as `%zz` or a trailing `%` are kept as they are), then `//` runs merged into one `/` and `.`
+/// and `..` segments resolved (never above the root). Bytes that are not UTF-8 after decoding
+/// become U+FFFD. The result always starts with `/`; a trailing `/` is kept.
+pub fn normalize(raw: &[u8]) -> String {
+    let decoded = percent_decode(path_part(raw));
+    resolve(&String::from_utf8_lossy(&decoded), true)
+}
+
+/// Whether any plausible reading of the raw `:path` bytes has one of `prefixes` as a path
+/// prefix (see [`crate::config::path_has_prefix`]; the module doc lists the readings). Never
+/// panics, whatever the bytes.
+pub fn matches_prefixes(prefixes: &[String], raw: &[u8]) -> bool {
+    let matches = |path: &str| {
+        prefixes
+            .iter()
+            .any(|p| crate::config::path_has_prefix(path, p))
+    };
+    let mut current: Cow<[u8]> = Cow::Borrowed(path_part(raw));
+    for _ in 0..MAX_ROUNDS {
+        let text = String::from_utf8_lossy(&current);
+        if readings(&text).any(|p| matches(&p)) {
+            return true;
+        }
+        let next = percent_decode(&current);
+        if next == current.as_ref() {
+            break;
+        }
+        current = Cow::Owned(next);
+    }
+    false
+}
+
+/// The path without query and fragment; an absolute-form target (`http://host/p`) without
+/// its scheme and authority.
+fn path_part(raw: &[u8]) -> &[u8] {
+    let end = raw
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(raw.len());
+    let path = raw.get(..end).unwrap_or_default();
+    for scheme in [&b"http://"[..], &b"https://"[..]] {
+        if path.len() >= scheme.len()
+            && path
+                .get(..scheme.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+        {
+            let rest = path.get(scheme.len()..).unwrap_or_default();
+            let slash = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+            return rest.get(slash..).unwrap_or_default();
+        }
+    }
+    path
+}
+
+/// The readings of one decoded path: as is, with `\` as `/`, each cut at a `?`, `#` or `;`
+/// that decoding produced, and each with dot segments resolved or only slashes merged.
+fn readings(text: &str) -> impl Iterator<Item = String> + '_ {
+    let slashed = (text.contains('\\')).then(|| text.replace('\\', "/"));
+    [Some(text.to_string()), slashed]
+        .into_iter()
+        .flatten()
+        .flat_map(|t| {
+            let cut = t
+                .find(['?', '#', ';'])
+                .and_then(|i| t.get(..i))
+                .map(str::to_string);
+            [Some(t), cut].into_iter().flatten()
+        })
+        .flat_map(|t| [resolve(&t, true), resolve(&t, false)])
+}
+
+/// Decodes `%XX` escapes (either case of hex digits); anything else is copied.
+fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0usize;
+    while let Some(&b) = s.get(i) {
+        let hex = |j: usize| s.get(j).and_then(|&c| char::from(c).to_digit(16));
+        match (b, hex(i.saturating_add(1)), hex(i.saturating_add(2))) {
+            (b'%', Some(hi), Some(lo)) => {
+                // Two hex digits: at most 0xFF.
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'%'));
+                i = i.saturating_add(3);
+            }
+            _ => {
+                out.push(b);
+                i = i.saturating_add(1);
+            }
+        }
+    }
+    out
+}
+
+/// `path` with `//` runs merged and, when `dots`, `.` and `..` segments resolved. Always
+/// starts with `/`; a trailing `/` (or a final `.`/`..` segment) leaves a trailing `/`.
+fn resolve(path: &str, dots: bool) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing = false;
+    for seg in path.split('/') {
+        trailing = false;
+        match seg {
+            "" => trailing = true,
+            "." if dots => trailing = true,
+            ".." if dots => {
+                segments.pop();
+                trailing = true;
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(path.len().saturating_add(1));
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing || segments.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
