@@ -52,7 +52,9 @@ pub fn check_body(body: &[u8]) -> Result<(), String> {
         && again.has_stream_options == info.has_stream_options
         && body::prompt_tokens(&again) == before;
     if !same {
-        return Err(format!("rewrite changed the reading: {info:?} -> {again:?}"));
+        return Err(format!(
+            "rewrite changed the reading: {info:?} -> {again:?}"
+        ));
     }
     if !info.has_stream_options {
         let both = body::with_include_usage(&out, info.object_start);
@@ -67,13 +69,24 @@ pub fn check_body(body: &[u8]) -> Result<(), String> {
 
 /// `out` is valid JSON with exactly one top-level `model` member, equal to [`NEW_MODEL`].
 fn one_model(out: &[u8]) -> Result<(), String> {
-    let show = || String::from_utf8_lossy(out).chars().take(300).collect::<String>();
+    let show = || {
+        String::from_utf8_lossy(out)
+            .chars()
+            .take(300)
+            .collect::<String>()
+    };
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(out) {
         return Err(format!("rewrite is not JSON ({e}): {}", show()));
     }
-    let spans = body::locate_model(out).map(|i| i.model_spans).unwrap_or_default();
+    let spans = body::locate_model(out)
+        .map(|i| i.model_spans)
+        .unwrap_or_default();
     let [span] = spans.as_slice() else {
-        return Err(format!("{} model members after rewrite: {}", spans.len(), show()));
+        return Err(format!(
+            "{} model members after rewrite: {}",
+            spans.len(),
+            show()
+        ));
     };
     let value = out
         .get(span.clone())
@@ -89,9 +102,8 @@ fn one_model(out: &[u8]) -> Result<(), String> {
 /// raw path is matched.
 pub fn check_path(raw: &[u8], prefixes: &[String]) -> Result<(), String> {
     let n = path::normalize(raw);
-    let bad = !n.starts_with('/')
-        || n.contains("//")
-        || n.split('/').any(|s| s == "." || s == "..");
+    let bad =
+        !n.starts_with('/') || n.contains("//") || n.split('/').any(|s| s == "." || s == "..");
     if bad {
         return Err(format!("normalize({raw:?}) = {n:?}"));
     }
@@ -99,7 +111,9 @@ pub fn check_path(raw: &[u8], prefixes: &[String]) -> Result<(), String> {
         .iter()
         .any(|p| crate::config::path_has_prefix(&n, p));
     if direct && !path::matches_prefixes(prefixes, raw) {
-        return Err(format!("{raw:?} normalises to API path {n:?} but is not matched"));
+        return Err(format!(
+            "{raw:?} normalises to API path {n:?} but is not matched"
+        ));
     }
     Ok(())
 }
@@ -113,7 +127,10 @@ pub fn check_tokens(text: &str, cut: usize) -> Result<(), String> {
         return Err(format!("estimate {est} for {text:?}"));
     }
     if est > (text.len() as u64).saturating_mul(2).saturating_add(1) {
-        return Err(format!("estimate {est} above 2 per byte for {} bytes", text.len()));
+        return Err(format!(
+            "estimate {est} above 2 per byte for {} bytes",
+            text.len()
+        ));
     }
     let mut cut = cut.min(text.len());
     while !text.is_char_boundary(cut) {
@@ -122,7 +139,9 @@ pub fn check_tokens(text: &str, cut: usize) -> Result<(), String> {
     let (a, b) = text.split_at(cut);
     let parts = estimate_tokens(a).max(estimate_tokens(b));
     if est.saturating_add(3) < parts {
-        return Err(format!("estimate {est} below a part's {parts}: {a:?} + {b:?}"));
+        return Err(format!(
+            "estimate {est} below a part's {parts}: {a:?} + {b:?}"
+        ));
     }
     Ok(())
 }
@@ -158,16 +177,59 @@ impl Rng {
 }
 
 const KEYS: [&str; 20] = [
-    "model", "model", "mod\\u0065l", "messages", "prompt", "input", "max_tokens",
-    "max_completion_tokens", "n", "best_of", "stream", "stream_options", "tools", "functions",
-    "response_format", "temperature", "suffix", "content", "tool_calls", "include_usage",
+    "model",
+    "model",
+    "mod\\u0065l",
+    "messages",
+    "prompt",
+    "input",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "best_of",
+    "stream",
+    "stream_options",
+    "tools",
+    "functions",
+    "response_format",
+    "temperature",
+    "suffix",
+    "content",
+    "tool_calls",
+    "include_usage",
 ];
 
 const SCALARS: [&str; 30] = [
-    "null", "true", "false", "0", "1", "100", "100.0", "1e2", "1E+2", "-1", "-0", "1.5", "0.0",
-    "1e400", "18446744073709551616", "\"100\"", "\" 7 \"", "\"true\"", "\"off\"", "\"yes\"",
-    "\"\"", "\"gpt-4o\"", "\"a\\\"b\"", "\"\\u00e9\\n\"", "\"   \\n\\n\\t  \"", "\"hello world\"",
-    "\"\\ud83d\\ude00\"", "{}", "[]", "\"1.0\"",
+    "null",
+    "true",
+    "false",
+    "0",
+    "1",
+    "100",
+    "100.0",
+    "1e2",
+    "1E+2",
+    "-1",
+    "-0",
+    "1.5",
+    "0.0",
+    "1e400",
+    "18446744073709551616",
+    "\"100\"",
+    "\" 7 \"",
+    "\"true\"",
+    "\"off\"",
+    "\"yes\"",
+    "\"\"",
+    "\"gpt-4o\"",
+    "\"a\\\"b\"",
+    "\"\\u00e9\\n\"",
+    "\"   \\n\\n\\t  \"",
+    "\"hello world\"",
+    "\"\\ud83d\\ude00\"",
+    "{}",
+    "[]",
+    "\"1.0\"",
 ];
 
 /// A random OpenAI-like JSON body (valid JSON most of the time; duplicated and wrongly typed
@@ -211,7 +273,9 @@ fn value(rng: &mut Rng, out: &mut String, depth: u32, object: bool) {
             // Long text: words, whitespace runs, punctuation.
             out.push('"');
             for _ in 0..rng.below(60) {
-                let piece = ["lorem ", "    ", "\\n\\n", "\\t", "{}", "日本", "\\u0000", "x"];
+                let piece = [
+                    "lorem ", "    ", "\\n\\n", "\\t", "{}", "日本", "\\u0000", "x",
+                ];
                 out.push_str(rng.pick(&piece).copied().unwrap_or(" "));
             }
             out.push('"');

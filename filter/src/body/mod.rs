@@ -356,3 +356,5 @@ fn json_string(s: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hostile;

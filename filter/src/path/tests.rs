@@ -35,7 +35,10 @@ fn normalize_decodes_merges_and_resolves() {
         (b"v1/embeddings", "/v1/embeddings"),
         (b"%zz/%2/%", "/%zz/%2/%"),
         (b"/v1/chat%252Fcompletions", "/v1/chat%2Fcompletions"),
-        (b"http://gw:80/v1/chat/completions?x", "/v1/chat/completions"),
+        (
+            b"http://gw:80/v1/chat/completions?x",
+            "/v1/chat/completions",
+        ),
     ];
     for (raw, want) in cases {
         assert_eq!(normalize(raw), want, "{:?}", String::from_utf8_lossy(raw));

@@ -94,8 +94,22 @@ fn split_rewrites_to_a_target() {
     let c = cfg("{}");
     let body = chat("canary", "hi");
     let h: Vec<(String, String)> = vec![];
-    let a = forward(plan(&c, "/v1/chat/completions", &h, Ok(body.as_bytes()), 0, 0));
-    let b = forward(plan(&c, "/v1/chat/completions", &h, Ok(body.as_bytes()), 0, 1));
+    let a = forward(plan(
+        &c,
+        "/v1/chat/completions",
+        &h,
+        Ok(body.as_bytes()),
+        0,
+        0,
+    ));
+    let b = forward(plan(
+        &c,
+        "/v1/chat/completions",
+        &h,
+        Ok(body.as_bytes()),
+        0,
+        1,
+    ));
     assert_eq!(a.model.as_deref(), Some("v2"));
     assert_eq!(b.model.as_deref(), Some("v1"));
     assert_eq!(a.split, Some(0));
@@ -122,7 +136,10 @@ fn invalid_bodies_default_tier() {
         let f = forward(run(&c, &[], body));
         assert_eq!(f.reason, Reason::InvalidBody, "{body}");
         assert_eq!(hdr(&f, "x-llm-model-type"), Some("small"));
-        assert_eq!(f.body, None, "a body that is not a JSON object is forwarded as it came");
+        assert_eq!(
+            f.body, None,
+            "a body that is not a JSON object is forwarded as it came"
+        );
         assert!(f.invalid.is_some());
         assert_eq!(f.prompt_tokens, None);
         assert_eq!(f.body_bytes, body.len() as u64);
@@ -200,5 +217,79 @@ fn path_query_is_ignored_by_rules() {
         0,
         0,
     ));
+    assert_eq!(c.tiers[f.tier].name, "large");
+}
+
+#[test]
+fn hostile_bodies_are_routed_and_rewritten() {
+    let c = cfg("{}");
+    // `model: null` and duplicated members: one model member, the tier's, goes upstream.
+    for body in [
+        r#"{"model":null,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"gpt-4o","messages":[],"model":null}"#,
+        r#"{"model":"x","model":"y","model":5}"#,
+    ] {
+        let f = forward(run(&c, &[], body));
+        let out = f.body.expect("rewritten");
+        let spans = body::locate_model(&out).unwrap().model_spans;
+        assert_eq!(spans.len(), 1, "{}", String::from_utf8_lossy(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], f.model.unwrap());
+    }
+    // Wrongly typed numbers are read, not a reason to skip the charge.
+    let f = forward(run(
+        &c,
+        &[],
+        r#"{"model":"m","prompt":"hi","max_tokens":100.0,"n":"2","best_of":3,"stream":"true"}"#,
+    ));
+    assert_eq!(f.invalid, None);
+    assert_eq!(f.max_tokens, Some(100));
+    assert_eq!(f.n, 3);
+    assert!(f.stream);
+    assert!(f.prompt_tokens.is_some());
+}
+
+#[test]
+fn forward_carries_n_and_body_bytes() {
+    let c = cfg("{}");
+    let body = r#"{"model":"m","prompt":"hello","max_completion_tokens":0,"max_tokens":9}"#;
+    let h: Vec<(String, String)> = vec![];
+    let f = forward(plan(&c, "/v1/completions", &h, Ok(body.as_bytes()), 0, 0));
+    assert_eq!(f.body_bytes, body.len() as u64);
+    assert_eq!(f.n, 1);
+    assert_eq!(f.max_tokens, Some(9));
+}
+
+#[test]
+fn wrongly_typed_body_still_gets_the_tier_model() {
+    let c = cfg("{}");
+    // Refused by the reader (a negative limit the server refuses too), but a JSON object:
+    // routed to the default tier with its model written in, never with the client's.
+    let body = r#"{"model":"gpt-4o","max_tokens":-1,"model":null,"prompt":"x"}"#;
+    let f = forward(run(&c, &[], body));
+    assert_eq!(f.invalid, Some(InvalidBody::InvalidField));
+    assert_eq!(f.prompt_tokens, None);
+    assert_eq!(f.body_bytes, body.len() as u64);
+    let out = f.body.expect("model written");
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["model"], "llama-8b");
+    assert_eq!(body::locate_model(&out).unwrap().model_spans.len(), 1);
+    // A tier without a model leaves the body alone.
+    let c = cfg(r#"{"tiers": {"raw": {}}, "rules": [], "default_tier": "raw"}"#);
+    assert_eq!(forward(run(&c, &[], body)).body, None);
+}
+
+#[test]
+fn tool_definitions_raise_the_estimate_and_the_tier() {
+    let c = cfg("{}");
+    let description = "Returns the current weather report for a city. ".repeat(200);
+    let body = serde_json::json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "w", "description": description}}],
+    })
+    .to_string();
+    let f = forward(run(&c, &[], &body));
+    assert!(f.prompt_tokens.unwrap() > 1000, "{:?}", f.prompt_tokens);
     assert_eq!(c.tiers[f.tier].name, "large");
 }

@@ -28,7 +28,10 @@ fn fuzz_bodies() {
             accepted += 1;
         }
         if let Err(e) = check_body(&bytes) {
-            panic!("round {round}: {e}\nbody: {:?}", String::from_utf8_lossy(&bytes));
+            panic!(
+                "round {round}: {e}\nbody: {:?}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
     }
     // The generator must reach the interesting paths, not only parse errors.
@@ -37,13 +40,34 @@ fn fuzz_bodies() {
 
 #[test]
 fn fuzz_paths() {
-    let apis: Vec<String> = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let apis: Vec<String> = [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let pieces: [&[u8]; 18] = [
-        b"/", b"//", b"/./", b"/../", b"%2F", b"%2f", b"%252F", b"%2E", b"%2e%2E", b"%", b"?",
-        b"#", b";", b"v1", b"chat", b"completions", b"\xff", b"\\",
+        b"/",
+        b"//",
+        b"/./",
+        b"/../",
+        b"%2F",
+        b"%2f",
+        b"%252F",
+        b"%2E",
+        b"%2e%2E",
+        b"%",
+        b"?",
+        b"#",
+        b";",
+        b"v1",
+        b"chat",
+        b"completions",
+        b"\xff",
+        b"\\",
     ];
     let mut rng = Rng::new(0x9a7b_5eed);
     for round in 0..ROUNDS {

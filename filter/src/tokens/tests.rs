@@ -40,6 +40,37 @@ fn whitespace_only() {
     );
 }
 
+/// Long whitespace runs cost what tiktoken's cl100k_base counts for them (measured: 100,000
+/// spaces are 782 tokens, newlines 3,125, tabs 6,250, CRLF pairs 25,000, form feeds 100,000,
+/// alternating space/newline 50,000 per 100,000 pairs) within a factor the limits can live
+/// with, never near zero.
+#[test]
+fn whitespace_runs_are_counted() {
+    let within = |text: &str, cl100k: u64, low: f64, high: f64| {
+        let est = estimate_tokens(text) as f64;
+        let r = est / cl100k as f64;
+        assert!(
+            (low..=high).contains(&r),
+            "{est} vs cl100k {cl100k} for {:?}...",
+            text.get(..8).unwrap_or(text)
+        );
+    };
+    within(&" ".repeat(100_000), 782, 0.9, 1.2);
+    within(&"\n".repeat(100_000), 3_125, 0.9, 2.1);
+    within(&"\t".repeat(100_000), 6_250, 0.9, 1.2);
+    within(&"\r\n".repeat(100_000), 25_000, 0.9, 1.5);
+    within(&"\u{c}".repeat(100_000), 100_000, 0.9, 1.2);
+    within(&"\u{a0}".repeat(100_000), 12_500, 0.9, 1.2);
+    within(&" \n".repeat(100_000), 50_000, 0.9, 1.9);
+    within(&"\n\n    ".repeat(100_000), 100_001, 0.9, 1.2);
+    within(&" \t".repeat(100_000), 99_999, 0.8, 1.2);
+    // Inside text too: padding between two words.
+    within(&format!("a{}b", " ".repeat(100_000)), 784, 0.9, 1.2);
+    // Short runs keep their flat costs (the corpus calibration).
+    assert_eq!(estimate_tokens("\n    "), 1);
+    assert_eq!(estimate_tokens("a\n\n    b"), 3);
+}
+
 #[test]
 fn digits_are_grouped_by_three() {
     assert_eq!(estimate_tokens("7"), 1);
@@ -297,6 +328,14 @@ fn fast_path_matches_per_character_reference() {
         space_run: 975_043,
         newline_run: 950_047,
         indent: 425_053,
+        ws_space: 8_059,
+        ws_tab: 63_061,
+        ws_newline: 63_067,
+        ws_cr: 250_071,
+        ws_nbsp: 125_073,
+        ws_wide: 500_079,
+        ws_other: 1_000_083,
+        ws_switch: 400_089,
         ..PARAMS
     };
     for round in 0..3000 {
