@@ -329,8 +329,9 @@ def test_reject_mode_still_routes_valid_bodies(reject_envoy, mocks):
     assert r.mock["body"]["model"] == LARGE_MODEL
     r = post_json(CHAT, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, port=port)
     assert r.status == 200 and r.mock["headers"]["x-llm-model-type"] == "small"
-    # Non-API requests are not inspected, reject mode or not.
-    r = post_raw("/v1/files", b"not json", port=port)
+    # Non-API requests are not inspected, reject mode or not (a POST outside `apis` is then
+    # refused by the route config, see test_hostile.py; other methods pass).
+    r = request("PUT", "/v1/files", b"not json", {"content-type": "text/plain"}, port=port)
     assert r.status == 200 and r.mock["body_raw"] == "not json"
 
 
@@ -348,7 +349,13 @@ def test_get_and_non_api_post_pass_untouched(envoy, mocks):
     assert r.mock["method"] == "GET" and r.mock["path"] == "/v1/models"
 
     raw = b'{ "model" : "gpt-4o",\n "file": "x" }'
+    # A POST outside `apis` never reaches a model pool uninspected (envoy.yaml's guard route) ...
+    before = total_served(mocks)
     r = post_raw("/v1/files", raw, {"x-custom": "1"})
+    assert r.status == 404 and r.json()["error"]["code"] == "not_found", r.text[:300]
+    assert total_served(mocks) == before
+    # ... any other request passes untouched.
+    r = request("PUT", "/v1/files", raw, {"x-custom": "1", "content-type": "application/json"})
     assert r.status == 200, r.text[:300]
     h = r.mock["headers"]
     assert h["x-custom"] == "1" and h["content-type"] == "application/json"
