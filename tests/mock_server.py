@@ -31,6 +31,11 @@ Per-request control headers (handy in tests):
   x-mock-tokens: N          completion length (default --tokens)
   x-mock-token-delay-ms: N  delay between streamed tokens (default --token-delay-ms)
   x-mock-delay-ms: N        delay before the response starts
+  x-mock-obs-text-header: NAME
+                            the response header NAME (e.g. content-type, or a new one) ends in
+                            the obs-text bytes 0xA1 0xB1 (not UTF-8; HTTP allows them)
+  x-mock-echo-raw: 1        the echo always carries "body_raw" (the bytes as received, decoded
+                            as UTF-8 with replacement), e.g. to see duplicated JSON keys
 
 Streams: one `data:` chunk per token (the first also carries role and the "mock" echo, the last
 the finish_reason), then with stream_options.include_usage a chunk with "choices": [] and usage,
@@ -62,6 +67,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 API_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 DEFAULT_MODEL_NAMES = {"small": "llama-3.1-8b-instruct", "large": "llama-3.1-70b-instruct"}
 MAX_BODY = 64 * 1024 * 1024
+OBS_TEXT = "\xa1\xb1"  # sent as the bytes A1 B1 (http.server encodes header lines as latin-1)
 EMBEDDING_DIM = 8
 
 
@@ -309,6 +315,19 @@ class Handler(BaseHTTPRequestHandler):
             parts.append(chunk)
             self.rfile.readline(65537)  # CRLF after the chunk data
 
+    def send_header(self, keyword, value):
+        name = getattr(self, "obs_text_header", "")
+        if name and keyword.lower() == name:
+            value = f"{value}; {OBS_TEXT}"
+            self.obs_text_sent = True
+        super().send_header(keyword, value)
+
+    def end_headers(self):
+        name = getattr(self, "obs_text_header", "")
+        if name and not getattr(self, "obs_text_sent", False):
+            self.send_header(name, "mock")
+        super().end_headers()
+
     def send_json(self, status: int, obj, extra_headers=None):
         data = json.dumps(obj).encode()
         self.send_response(status)
@@ -351,6 +370,8 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in self.headers.items():
             k = k.lower()
             headers[k] = f"{headers[k]},{v}" if k in headers else v
+        self.obs_text_header = headers.get("x-mock-obs-text-header", "").strip().lower()
+        self.obs_text_sent = False
 
         if path.startswith("/admin/"):
             return self._admin(path, raw)
@@ -378,7 +399,7 @@ class Handler(BaseHTTPRequestHandler):
             "body_bytes": len(raw),
             "chunked": chunked,
         }
-        if parse_error is not None:
+        if parse_error is not None or headers.get("x-mock-echo-raw") == "1":
             echo["body_raw"] = raw.decode("utf-8", "replace")[:65536]
         model = body.get("model") if isinstance(body, dict) else None
         with inst.lock:

@@ -152,6 +152,10 @@ def gateway_config(shipped, variant, base, wasm, pools, outdir):
     wf = wasm_filters[0]
     if variant == "A":
         hcm["http_filters"] = [f for f in filters if f["name"] != WASM_FILTER]
+        # Without the filter no request gets a tier: drop the route that refuses uninspected
+        # POSTs, so the catch-all serves them (the baseline measures Envoy alone).
+        for vh in hcm["route_config"]["virtual_hosts"]:
+            vh["routes"] = [r for r in vh["routes"] if "direct_response" not in r]
         return cfg
     plugin = wf["typed_config"]["config"]
     plugin["vm_config"]["code"]["local"]["filename"] = wasm

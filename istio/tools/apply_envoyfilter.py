@@ -11,7 +11,8 @@ Steps (each a small, documented stand-in for istiod + istio-agent):
     HCM with only envoy.filters.http.router, route config "http.8080", a STATIC cluster
     "outbound|PORT||HOST" per --upstream.
  2. The VirtualService (istio/virtualservice.yaml) becomes the routes of that vhost: route name =
-    http[].name, header matches exact / regex (/ prefix), single destination, timeout.
+    http[].name, header matches exact / regex (/ prefix), method match, single destination,
+    timeout, or a directResponse (status, body.string) with headers.response.set.
  3. The filter:
     - variant "envoyfilter": the EnvoyFilter istio/envoyfilter-filter.yaml (EXTENSION_CONFIG ADD,
       HTTP_FILTER INSERT_BEFORE router with config_discovery);
@@ -28,6 +29,8 @@ Steps (each a small, documented stand-in for istiod + istio-agent):
 Patch semantics implemented (the subset istio/*.yaml uses), following Istio's EnvoyFilter docs:
   CLUSTER ADD                  append the cluster
   LISTENER MERGE               merge into listeners whose port == match.listener.portNumber
+  NETWORK_FILTER MERGE         merge into the network filters named match...filterChain.filter.name
+                               of those listeners (the HTTP connection manager)
   HTTP_FILTER INSERT_BEFORE    insert before the HCM filter named match...subFilter.name
   HTTP_ROUTE MERGE             merge into routes named match.routeConfiguration.vhost.route.name
   EXTENSION_CONFIG ADD         register a named extension config (served by "ECDS")
@@ -142,15 +145,14 @@ def base_config(listener_port: int, admin_port: int, upstreams: dict[str, list[s
 def render_virtualservice(cfg: dict, vs: dict) -> None:
     routes = []
     for h in vs["spec"]["http"]:
-        dests = h["route"]
-        if len(dests) != 1:
-            raise PatchError(f"VirtualService route {h.get('name')}: one destination supported")
-        d = dests[0]["destination"]
         headers = []
         matches = h.get("match") or [{}]
         if len(matches) != 1:
             raise PatchError(f"VirtualService route {h.get('name')}: one match supported")
-        for name, m in (matches[0].get("headers") or {}).items():
+        match_headers = dict(matches[0].get("headers") or {})
+        if "method" in matches[0]:
+            match_headers[":method"] = matches[0]["method"]
+        for name, m in match_headers.items():
             if "exact" in m:
                 headers.append({"name": name, "string_match": {"exact": m["exact"]}})
             elif "regex" in m:
@@ -159,9 +161,24 @@ def render_virtualservice(cfg: dict, vs: dict) -> None:
                 headers.append({"name": name, "string_match": {"prefix": m["prefix"]}})
             else:
                 raise PatchError(f"header match {m} not supported")
-        r = {"name": h["name"], "match": {"prefix": "/"},
-             "route": {"cluster": cluster_name(d["host"], d["port"]["number"]),
-                       "timeout": h.get("timeout", "0s")}}
+        r = {"name": h["name"], "match": {"prefix": "/"}}
+        if "directResponse" in h:
+            dr = h["directResponse"]
+            r["direct_response"] = {"status": dr["status"]}
+            if "body" in dr:
+                r["direct_response"]["body"] = {"inline_string": dr["body"]["string"]}
+            resp_set = (h.get("headers") or {}).get("response", {}).get("set", {})
+            if resp_set:
+                r["response_headers_to_add"] = [
+                    {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                    for k, v in resp_set.items()]
+        else:
+            dests = h["route"]
+            if len(dests) != 1:
+                raise PatchError(f"VirtualService route {h.get('name')}: one destination supported")
+            d = dests[0]["destination"]
+            r["route"] = {"cluster": cluster_name(d["host"], d["port"]["number"]),
+                          "timeout": h.get("timeout", "0s")}
         if headers:
             r["match"]["headers"] = headers
         routes.append(r)
@@ -235,6 +252,21 @@ def apply_envoyfilter(cfg: dict, ef: dict, extensions: dict[str, dict]) -> None:
                 raise PatchError(f"{where}: no listener on port {port}")
             for l in hit:
                 proto_merge(l, val)
+        elif (at, op) == ("NETWORK_FILTER", "MERGE"):
+            check_match(match, {"context", "listener"}, where)
+            lm = match["listener"]
+            name = lm["filterChain"]["filter"]["name"]
+            n = 0
+            for lst in cfg["static_resources"]["listeners"]:
+                if lst.get("_istio_port") != lm.get("portNumber", lst.get("_istio_port")):
+                    continue
+                for ch in lst["filter_chains"]:
+                    for f in ch["filters"]:
+                        if f["name"] == name:
+                            proto_merge(f, val)
+                            n += 1
+            if not n:
+                raise PatchError(f"{where}: no network filter {name} matched")
         elif (at, op) == ("HTTP_FILTER", "INSERT_BEFORE"):
             check_match(match, {"context", "listener"}, where)
             lm = match["listener"]

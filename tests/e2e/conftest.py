@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -30,6 +31,15 @@ MAX_DUMP_BYTES = 200_000
 # Envoy's start-up listing of compiled-in extensions and header maps: hundreds of long lines that
 # never explain a failure.
 _LOG_NOISE = re.compile(r"^.*\]\[main\] \[source/server/server\.cc:\d+\]   .*\n", re.M)
+
+
+def pytest_report_header(config):
+    try:
+        out = subprocess.run([harness.envoy_bin(), "--version"], capture_output=True, text=True,
+                             timeout=60).stdout.strip()
+    except Exception as e:  # noqa: BLE001 - the envoy_bin fixture reports it as a failure
+        return f"envoy: not available ({e})"
+    return f"envoy: {out.split('version:', 1)[-1].strip()} (ENVOY_VERSION={os.environ.get('ENVOY_VERSION', '-')})"
 
 
 @pytest.fixture(scope="session")

@@ -564,14 +564,18 @@ def test_spoofed_destination_header_is_removed(gateway, mocks, tmp_path):
         assert all(named(r) is None for r in rs), h
         assert len({landed(r) for r in rs}) >= 2, h
 
-    # Requests the filter does not inspect lose the headers as well (catch-all route, STATIC).
-    for method, path in (("GET", "/v1/models"), ("POST", "/not-an-api")):
-        rs = [request(method, path, b"{}" if method == "POST" else None,
+    # Requests the filter does not inspect lose the headers as well (catch-all route, STATIC) ...
+    for method, path in (("GET", "/v1/models"), ("PUT", "/not-an-api")):
+        rs = [request(method, path, b"{}" if method == "PUT" else None,
                       {ENDPOINT_HEADER: "127.0.0.1:9901", "x-llm-model-type": "small"})
               for _ in range(6)]
         assert all(r.status == 200 for r in rs), (path, rs)
         assert all(named(r) is None and "x-llm-model-type" not in r.mock["headers"] for r in rs)
         assert len({landed(r) for r in rs}) >= 2, path
+    # ... and an uninspected POST with a spoofed tier still gets no route to a pool.
+    r = request("POST", "/not-an-api", b"{}", {ENDPOINT_HEADER: "127.0.0.1:9901",
+                                               "x-llm-model-type": "small"})
+    assert r.status == 404 and r.mock is None, r
 
     # With a snapshot the filter's pick wins (exactly one value upstream).
     set_loads(mocks, LOADS_2_BEST)

@@ -273,6 +273,26 @@ def test_envoyfilter_variant_routes_like_envoy_yaml(tmp_path, istio_mocks):
         assert 'tier="large"' in prom and 'tier="small"' in prom, prom[:2000]
 
 
+def test_envoyfilter_variant_hardens_paths(tmp_path, istio_mocks):
+    """The gateway patches make paths canonical before the filter and refuse uninspected POSTs."""
+    listener, admin = harness.free_port(), harness.free_port()
+    out = tmp_path / "istio-envoyfilter.json"
+    render("envoyfilter", out, listener, admin, upstreams_of(istio_mocks))
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    with harness.start_envoy(out, env={"LLM_ROUTER_PUSH_TOKEN": "istio-test-token"}):
+        before = sum(istio_mocks.counts().values())
+        for path in ("//v1/chat/completions", "/v1/x/../chat/completions"):
+            r = harness.post_json(path, body, port=listener)
+            assert r.status == 200 and r.mock["headers"]["x-llm-model-type"] == "large", (path, r)
+            assert r.mock["path"] == "/v1/chat/completions"
+        r = harness.post_json("/v1/chat%2Fcompletions", body, port=listener)
+        assert r.status == 307 and r.headers["location"].endswith("/v1/chat/completions"), r
+        r = harness.post_json("/v1/files", body, port=listener)
+        assert r.status == 404 and r.json()["error"]["code"] == "not_found", r
+        assert sum(istio_mocks.counts().values()) == before + 2
+        assert harness.get("/v1/models", port=listener).status == 200
+
+
 def test_picked_endpoint_goes_through_original_dst(tmp_path, istio_mocks):
     """A load snapshot pushed to the gateway makes the filter name an endpoint; the patched route
     sends the request to exactly that address via the EnvoyFilter's ORIGINAL_DST cluster."""

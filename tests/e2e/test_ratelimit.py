@@ -399,7 +399,9 @@ def test_sse_usage_refund_and_include_usage_injected(rl, mocks):
           f"next request remaining {remaining_tokens(r)} (expected {want}..{RECON_TPM - charge})")
 
 
-def test_upstream_error_refunds_tokens(rl, mocks):
+def test_upstream_error_keeps_the_prompt_charged(rl, mocks):
+    # SPEC "Token accounting": once forwarded, the prompt stays charged (the server ran the
+    # prefill); only the unused completion reservation comes back.
     body = chat("this one fails upstream")
     n0 = rl.finished()
     a = rl.post(body, "err", headers={"x-mock-status": "503"})
@@ -411,8 +413,9 @@ def test_upstream_error_refunds_tokens(rl, mocks):
     rl.wait_finished(n0 + 1)
     b = rl.post(body, "err")
     assert b.status == 200, b
-    # The whole charge of A came back: B sees a full bucket minus its own charge.
-    assert RECON_TPM - charge <= remaining_tokens(b) <= RECON_TPM - charge + 5, b.headers
+    # A's completion reservation came back, its prompt did not: B sees a full bucket minus A's
+    # prompt and its own charge (+ a little refill).
+    assert RECON_TPM - p - charge <= remaining_tokens(b) <= RECON_TPM - p - charge + 5, b.headers
 
 
 def test_request_larger_than_burst_passes_when_bucket_is_full(rl, mocks):

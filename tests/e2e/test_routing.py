@@ -134,6 +134,14 @@ def test_scenario_config_matches_envoy_yaml():
 @pytest.mark.parametrize("sc", SCENARIOS, ids=[s["name"] for s in SCENARIOS])
 def test_scenario(envoy, mocks, sc):
     req, exp = sc["request"], sc["expect"]
+    if exp.get("passthrough") and req.get("method", "POST") == "POST":
+        # The filter lets it through untouched (host-sim checks that); envoy.yaml's route config
+        # then refuses a POST the filter did not inspect, so it never reaches a model pool.
+        before = total_served(mocks)
+        r, _, _ = send_scenario(req)
+        assert r.status == 404 and r.mock is None, (r.status, r.text[:300])
+        assert total_served(mocks) == before
+        return
     r, sent, sent_headers = send_scenario(req)
     echo = r.mock
     assert echo is not None, f"no mock echo (request did not reach upstream?): {r.status} {r.text[:500]}"
@@ -329,8 +337,9 @@ def test_reject_mode_still_routes_valid_bodies(reject_envoy, mocks):
     assert r.mock["body"]["model"] == LARGE_MODEL
     r = post_json(CHAT, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, port=port)
     assert r.status == 200 and r.mock["headers"]["x-llm-model-type"] == "small"
-    # Non-API requests are not inspected, reject mode or not.
-    r = post_raw("/v1/files", b"not json", port=port)
+    # Non-API requests are not inspected, reject mode or not (a POST outside `apis` is then
+    # refused by the route config, see test_hostile.py; other methods pass).
+    r = request("PUT", "/v1/files", b"not json", {"content-type": "text/plain"}, port=port)
     assert r.status == 200 and r.mock["body_raw"] == "not json"
 
 
@@ -348,7 +357,13 @@ def test_get_and_non_api_post_pass_untouched(envoy, mocks):
     assert r.mock["method"] == "GET" and r.mock["path"] == "/v1/models"
 
     raw = b'{ "model" : "gpt-4o",\n "file": "x" }'
+    # A POST outside `apis` never reaches a model pool uninspected (envoy.yaml's guard route) ...
+    before = total_served(mocks)
     r = post_raw("/v1/files", raw, {"x-custom": "1"})
+    assert r.status == 404 and r.json()["error"]["code"] == "not_found", r.text[:300]
+    assert total_served(mocks) == before
+    # ... any other request passes untouched.
+    r = request("PUT", "/v1/files", raw, {"x-custom": "1", "content-type": "application/json"})
     assert r.status == 200, r.text[:300]
     h = r.mock["headers"]
     assert h["x-custom"] == "1" and h["content-type"] == "application/json"
