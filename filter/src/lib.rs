@@ -19,6 +19,9 @@ pub mod store;
 pub mod tokens;
 pub mod usage;
 
+#[cfg(test)]
+mod testutil;
+
 // The module's entry point; only in the wasm build (native builds are for unit tests).
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

@@ -7,8 +7,13 @@
 //! proxy sent to an endpoint since the snapshot count as queued there, so a burst between two
 //! snapshots spreads out instead of piling onto the one endpoint that looked idle.
 
+mod inflight;
+
+pub use inflight::PoolInFlight;
+
 use crate::config::{Criticality, Endpoints};
 use serde::Deserialize;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 
 /// Most endpoints kept per pool (a larger snapshot is refused as malformed).
@@ -48,6 +53,10 @@ struct WireSnapshot {
 
 impl Snapshot {
     /// Parses and checks a pushed snapshot; the error says what is wrong (for the 400 reply).
+    ///
+    /// Addresses are rewritten in their canonical `ip:port` form (they become a header value,
+    /// a metric label and an in-flight key); an address listed twice in one pool is kept once
+    /// (its first entry).
     pub fn parse(body: &[u8]) -> Result<Snapshot, String> {
         let wire: WireSnapshot =
             serde_json::from_slice(body).map_err(|e| format!("malformed snapshot: {e}"))?;
@@ -56,23 +65,30 @@ impl Snapshot {
         }
         let mut pools = Vec::with_capacity(wire.pools.len());
         for (name, eps) in wire.pools {
+            let shown = shorten(&name);
             if eps.len() > MAX_ENDPOINTS_PER_POOL {
                 return Err(format!(
-                    "pool {name}: more than {MAX_ENDPOINTS_PER_POOL} endpoints"
+                    "pool {shown}: more than {MAX_ENDPOINTS_PER_POOL} endpoints"
                 ));
             }
-            for e in &eps {
-                if e.address.parse::<SocketAddr>().is_err() {
+            let mut seen = HashSet::with_capacity(eps.len());
+            let mut kept = Vec::with_capacity(eps.len());
+            for mut e in eps {
+                let Ok(addr) = e.address.parse::<SocketAddr>() else {
                     return Err(format!(
-                        "pool {name}: address {:?} is not ip:port",
-                        e.address
+                        "pool {shown}: address {:?} is not ip:port",
+                        shorten(&e.address)
                     ));
-                }
+                };
                 if !e.kv_cache.is_finite() || e.kv_cache < 0.0 {
-                    return Err(format!("pool {name}: {}: bad kv_cache", e.address));
+                    return Err(format!("pool {shown}: {addr}: bad kv_cache"));
+                }
+                if seen.insert(addr) {
+                    e.address = addr.to_string();
+                    kept.push(e);
                 }
             }
-            pools.push((name, eps));
+            pools.push((name, kept));
         }
         Ok(Snapshot { pools })
     }
@@ -147,11 +163,22 @@ pub fn saturated(e: &Endpoint, extra: u64, cfg: &Endpoints) -> bool {
 }
 
 /// Lower is better: queue (with requests sent since the snapshot) and KV cache, each as a
-/// fraction of its saturation point, with running requests as a light tie-breaker.
+/// fraction of its saturation point, with running requests as a light tie-breaker. Always a
+/// finite number, whatever the snapshot says (each term is capped).
 pub fn score(e: &Endpoint, extra: u64, cfg: &Endpoints) -> f64 {
+    const CAP: f64 = 1e12;
+    let finite = |x: f64| if x.is_nan() { CAP } else { x.clamp(0.0, CAP) };
     let queue = e.waiting.saturating_add(extra) as f64 / cfg.max_queue.max(1) as f64;
     let kv = e.kv_cache / cfg.max_kv_cache;
-    queue + kv + e.running as f64 * 0.01
+    finite(queue) + finite(kv) + finite(e.running as f64 * 0.01)
+}
+
+/// A name from a snapshot, cut for an error message.
+fn shorten(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}...", s.get(..i).unwrap_or_default()),
+        None => s.to_string(),
+    }
 }
 
 /// Scores within this of the best count as a tie.
@@ -220,63 +247,6 @@ pub fn criticality(from_model: Criticality, header: Option<&str>) -> Criticality
     asked.min(from_model)
 }
 
-/// The in-flight count stored per endpoint: `count` requests sent since snapshot `version`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct InFlight {
-    pub version: u64,
-    pub count: u32,
-}
-
-impl InFlight {
-    pub fn encode(&self) -> [u8; 12] {
-        let mut out = [0u8; 12];
-        let (a, b) = out.split_at_mut(8);
-        a.copy_from_slice(&self.version.to_le_bytes());
-        b.copy_from_slice(&self.count.to_le_bytes());
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Option<InFlight> {
-        if bytes.len() != 12 {
-            return None;
-        }
-        Some(InFlight {
-            version: u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?),
-            count: u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?),
-        })
-    }
-
-    /// Requests counted against the snapshot `version` (older counts are already part of the
-    /// newer snapshot's load).
-    pub fn current(&self, version: u64) -> u64 {
-        if self.version == version {
-            u64::from(self.count)
-        } else {
-            0
-        }
-    }
-
-    /// After one more request is sent under snapshot `version`.
-    pub fn plus_one(&self, version: u64) -> InFlight {
-        InFlight {
-            version,
-            count: u32::try_from(self.current(version) + 1).unwrap_or(u32::MAX),
-        }
-    }
-
-    /// After a request sent under `version` ended: only counts of that same snapshot go down.
-    pub fn minus_one(&self, version: u64) -> InFlight {
-        if self.version == version {
-            InFlight {
-                version,
-                count: self.count.saturating_sub(1),
-            }
-        } else {
-            *self
-        }
-    }
-}
-
 /// Snapshot metadata stored beside it: a version that changes with every push, and the
 /// proxy's time of arrival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,5 +279,7 @@ impl Meta {
     }
 }
 
+#[cfg(test)]
+mod prop_tests;
 #[cfg(test)]
 mod tests;

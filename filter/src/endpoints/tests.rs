@@ -61,6 +61,10 @@ fn malformed_snapshots_are_refused() {
         br#"{"pools":{"p":[{"address":"10.0.0.1:80","waiting":-1}]}}"#,
         br#"{"pools":{"p":[{"address":"10.0.0.1:80","kv_cache":-0.5}]}}"#,
         br#"{"pools":{"p":[{"waiting":1}]}}"#,
+        br#"{"pools":{"p":[{"address":"10.0.0.1:80","waiting":1e400}]}}"#,
+        br#"{"pools":{"p":[{"address":"10.0.0.1:80","waiting":18446744073709551616}]}}"#,
+        br#"{"pools":{"p":[{"address":"10.0.0.1:80","kv_cache":1e400}]}}"#,
+        br#"{"pools":{"p":[{"address":"10.0.0.1:80","healthy":"yes"}]}}"#,
     ] {
         assert!(
             Snapshot::parse(bad).is_err(),
@@ -68,6 +72,42 @@ fn malformed_snapshots_are_refused() {
             String::from_utf8_lossy(bad)
         );
     }
+}
+
+#[test]
+fn addresses_are_canonical_and_listed_once() {
+    let s = Snapshot::parse(
+        br#"{"pools":{"p":[{"address":"[0:0::1]:80","waiting":1},{"address":"[::1]:80","waiting":0},
+                           {"address":"10.0.0.1:8000"}],"q":[]}}"#,
+    )
+    .unwrap();
+    let p = s.pool("p").unwrap();
+    assert_eq!(p.len(), 2);
+    assert_eq!((p[0].address.as_str(), p[0].waiting), ("[::1]:80", 1));
+    assert_eq!(p[1].address, "10.0.0.1:8000");
+    // an empty pool picks nothing
+    assert_eq!(
+        pick(s.pool("q").unwrap(), none, &cfg(), Criticality::Standard, 0),
+        Pick::NoEndpoint
+    );
+    // error messages do not echo a huge name
+    let long = "x".repeat(100_000);
+    let body = format!(r#"{{"pools":{{"{long}":[{{"address":"{long}"}}]}}}}"#);
+    let e = Snapshot::parse(body.as_bytes()).unwrap_err();
+    assert!(e.len() < 300, "{}", e.len());
+}
+
+#[test]
+fn scores_stay_finite_on_extreme_snapshots() {
+    let mut e = ep("10.0.0.1:80", u64::MAX, f64::MAX);
+    e.running = u64::MAX;
+    let s = score(&e, u64::MAX, &cfg());
+    assert!(s.is_finite());
+    let pool = [e.clone(), ep("10.0.0.2:80", 0, 0.0)];
+    assert_eq!(
+        pick(&pool, |_| u64::MAX, &cfg(), Criticality::Standard, 9),
+        Pick::Endpoint(1)
+    );
 }
 
 #[test]
@@ -212,36 +252,72 @@ fn criticality_header_only_lowers() {
 
 #[test]
 fn in_flight_counts_follow_the_snapshot_version() {
-    let f = InFlight::default().plus_one(7).plus_one(7);
-    assert_eq!(f.current(7), 2);
-    assert_eq!(f.current(8), 0, "a new snapshot already includes them");
+    let pool = [ep("10.0.0.1:80", 0, 0.0), ep("10.0.0.2:80", 0, 0.0)];
+    let f = PoolInFlight::default()
+        .plus_one(7, "10.0.0.1:80", &pool)
+        .plus_one(7, "10.0.0.1:80", &pool)
+        .plus_one(7, "10.0.0.2:80", &pool);
+    assert_eq!(f.per_endpoint(7, &pool), vec![2, 1]);
     assert_eq!(
-        f.plus_one(8),
-        InFlight {
-            version: 8,
-            count: 1
-        }
+        f.per_endpoint(8, &pool),
+        vec![0, 0],
+        "a new snapshot includes them"
     );
-    assert_eq!(f.minus_one(7).current(7), 1);
-    let newer = InFlight {
-        version: 8,
-        count: 3,
-    };
+    let newer = f.plus_one(8, "10.0.0.2:80", &pool);
+    assert_eq!(newer.counts, vec![("10.0.0.2:80".to_string(), 1)]);
     assert_eq!(
-        newer.minus_one(7),
-        newer,
+        newer.minus_one(7, "10.0.0.2:80"),
+        None,
         "ends of older requests do not touch newer counts"
     );
-    assert_eq!(InFlight::decode(&f.encode()), Some(f));
+    let one_less = f.minus_one(7, "10.0.0.1:80").unwrap();
+    assert_eq!(one_less.per_endpoint(7, &pool), vec![1, 1]);
+    // a count that reaches zero leaves the record
+    let gone = one_less.minus_one(7, "10.0.0.2:80").unwrap();
+    assert_eq!(gone.counts, vec![("10.0.0.1:80".to_string(), 1)]);
+    assert_eq!(gone.minus_one(7, "10.0.0.9:80"), None);
+    assert_eq!(PoolInFlight::decode(&f.encode()), Some(f));
+}
+
+#[test]
+fn endpoints_that_left_the_pool_are_forgotten() {
+    let before = [ep("10.0.0.1:80", 0, 0.0), ep("10.0.0.2:80", 0, 0.0)];
+    let after = [ep("10.0.0.2:80", 0, 0.0), ep("10.0.0.3:80", 0, 0.0)];
+    let f = PoolInFlight::default()
+        .plus_one(1, "10.0.0.1:80", &before)
+        .plus_one(1, "10.0.0.2:80", &before);
+    // same version, but the pool no longer lists .1 (defensive: a snapshot changes the
+    // version, which starts a new record anyway)
+    let g = f.plus_one(1, "10.0.0.3:80", &after);
+    assert!(g.counts.iter().all(|(a, _)| a != "10.0.0.1:80"), "{g:?}");
+    // many snapshots with ever new addresses: the record stays as small as one pool
+    let mut rec = PoolInFlight::default();
+    for v in 0..5000u64 {
+        let addr = format!("10.{}.{}.{}:80", v / 65536, (v / 256) % 256, v % 256);
+        let pool = [ep(&addr, 0, 0.0)];
+        rec = rec.plus_one(v, &addr, &pool);
+        assert_eq!(rec.counts.len(), 1);
+    }
+    assert!(rec.encode().len() < 64);
+}
+
+#[test]
+fn malformed_in_flight_records_read_as_none() {
+    assert_eq!(PoolInFlight::decode(b""), None);
+    assert_eq!(PoolInFlight::decode(&[0; 7]), None);
+    let mut b = 5u64.to_le_bytes().to_vec();
     assert_eq!(
-        InFlight {
-            version: 1,
-            count: 0
-        }
-        .minus_one(1)
-        .count,
-        0
+        PoolInFlight::decode(&b),
+        Some(PoolInFlight {
+            version: 5,
+            counts: vec![]
+        })
     );
+    b.extend_from_slice(&[200, b'x']); // says 200 bytes of address, has 1
+    assert_eq!(PoolInFlight::decode(&b), None);
+    let mut b = 5u64.to_le_bytes().to_vec();
+    b.extend_from_slice(&[2, 0xff, 0xfe, 1, 0, 0, 0]); // not UTF-8
+    assert_eq!(PoolInFlight::decode(&b), None);
 }
 
 #[test]

@@ -1,9 +1,9 @@
-//! Host side of endpoint picking: the pushed snapshot and the per-endpoint in-flight counts in
+//! Host side of endpoint picking: the pushed snapshot and the per-pool in-flight record in
 //! shared data, and the snapshot parsed once per version per VM.
 
 use super::host::SharedData;
 use crate::config::{Criticality, Endpoints};
-use crate::endpoints::{self, InFlight, Meta, Pick, Snapshot};
+use crate::endpoints::{self, Endpoint, Meta, Pick, PoolInFlight, Snapshot};
 use crate::store::{update, Step, Store, StoreError};
 use log::warn;
 use std::cell::RefCell;
@@ -12,8 +12,10 @@ use std::rc::Rc;
 const META_KEY: &str = "llm_router/ep/meta";
 const SNAPSHOT_KEY: &str = "llm_router/ep/snapshot";
 
-fn inflight_key(pool: &str, address: &str) -> String {
-    format!("llm_router/ep/inflight/{pool}/{address}")
+/// One record per pool (a configured tier name): shared data has no delete, so nothing is
+/// keyed by an endpoint address (see `endpoints::PoolInFlight`).
+fn inflight_key(pool: &str) -> String {
+    format!("llm_router/ep/pool-inflight/{pool}")
 }
 
 /// Per-VM cache of the parsed snapshot, keyed by its version.
@@ -42,6 +44,7 @@ pub enum Outcome {
 /// An in-flight count to give back when the request ends.
 pub struct Ticket {
     key: String,
+    address: String,
     version: u64,
 }
 
@@ -52,7 +55,7 @@ pub fn store_snapshot(body: &[u8], now_ms: u64) -> Result<(), StoreError> {
     update(&SharedData, META_KEY, |current| {
         let version = current.and_then(Meta::decode).map_or(0, |m| m.version);
         let meta = Meta {
-            version: version + 1,
+            version: version.wrapping_add(1),
             received_ms: now_ms,
         };
         Step::Write(meta.encode().to_vec(), ())
@@ -100,26 +103,24 @@ impl SnapshotCache {
         let Some(endpoints) = snap.pool(pool) else {
             return Outcome::Fallback(Fallback::NoEndpoint);
         };
-        let extra = |i: usize| -> u64 {
-            let Some(e) = endpoints.get(i) else { return 0 };
-            match SharedData.get(&inflight_key(pool, &e.address)) {
-                Ok(Some((b, _))) => InFlight::decode(&b).map_or(0, |f| f.current(meta.version)),
-                _ => 0,
-            }
+        let key = inflight_key(pool);
+        let in_flight = match SharedData.get(&key) {
+            Ok(Some((b, _))) => PoolInFlight::decode(&b).unwrap_or_default(),
+            _ => PoolInFlight::default(),
         };
+        let counts = in_flight.per_endpoint(meta.version, endpoints);
+        let extra = |i: usize| counts.get(i).copied().unwrap_or(0);
         match endpoints::pick(endpoints, extra, cfg, criticality, roll) {
             Pick::Endpoint(i) => {
                 let Some(e) = endpoints.get(i) else {
                     return Outcome::Fallback(Fallback::NoEndpoint);
                 };
-                let key = inflight_key(pool, &e.address);
-                if let Err(err) = update_inflight(&key, |f| f.plus_one(meta.version)) {
-                    warn!("llm-router: cannot count in-flight request: {err:?}");
-                }
+                count_in(&key, meta.version, &e.address, endpoints);
                 Outcome::Picked {
                     address: e.address.clone(),
                     ticket: Ticket {
                         key,
+                        address: e.address.clone(),
                         version: meta.version,
                     },
                 }
@@ -133,17 +134,26 @@ impl SnapshotCache {
 impl Ticket {
     /// The request ended (answered, failed or cancelled): it is no longer in flight.
     pub fn release(self) {
-        let version = self.version;
-        if let Err(err) = update_inflight(&self.key, |f| f.minus_one(version)) {
+        let result = update(&SharedData, &self.key, |current| {
+            let record = current.and_then(PoolInFlight::decode);
+            match record.and_then(|r| r.minus_one(self.version, &self.address)) {
+                Some(next) => Step::Write(next.encode(), ()),
+                None => Step::Keep(()),
+            }
+        });
+        if let Err(err) = result {
             warn!("llm-router: cannot release in-flight request: {err:?}");
         }
     }
 }
 
-/// Read-modify-write of an in-flight count.
-fn update_inflight(key: &str, f: impl Fn(&InFlight) -> InFlight) -> Result<(), StoreError> {
-    update(&SharedData, key, |current| {
-        let now = current.and_then(InFlight::decode).unwrap_or_default();
-        Step::Write(f(&now).encode().to_vec(), ())
-    })
+/// Counts one more request in flight to `address` in the pool's record.
+fn count_in(key: &str, version: u64, address: &str, pool: &[Endpoint]) {
+    let result = update(&SharedData, key, |current| {
+        let record = current.and_then(PoolInFlight::decode).unwrap_or_default();
+        Step::Write(record.plus_one(version, address, pool).encode(), ())
+    });
+    if let Err(err) = result {
+        warn!("llm-router: cannot count in-flight request: {err:?}");
+    }
 }
