@@ -8,6 +8,7 @@ pub mod body;
 pub mod config;
 pub mod endpoints;
 pub mod glue;
+pub mod hostmap;
 pub mod metrics;
 pub mod path;
 pub mod plan;
@@ -25,7 +26,8 @@ mod testutil;
 // The module's entry point; only in the wasm build (native builds are for unit tests).
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    // Not the SDK's logger: it unwraps the host's answer to every log call.
+    glue::init_logging();
     proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
         Box::new(glue::Root::default())
     });

@@ -1,14 +1,17 @@
-//! Host calls with their failures handled: each logs and degrades instead of trapping.
+//! Host calls with their failures handled: each logs and degrades instead of trapping. Header
+//! maps, header values and properties are read as bytes (`abi`), never as UTF-8 that could
+//! fail to decode.
 
+use super::abi::{self, buffer, map};
+use crate::hostmap;
 use crate::reply::LocalReply;
 use log::{debug, warn};
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, Status};
 
-/// All request headers (lower-case names), or none when the host cannot give them.
+/// All request headers (lower-case names), or none when the host cannot give them. Values
+/// that are not UTF-8 are read as bytes and carried with U+FFFD in place of invalid bytes.
 pub fn request_headers() -> Vec<(String, String)> {
-    match hostcalls::get_map(MapType::HttpRequestHeaders) {
-        Ok(h) => h,
+    match abi::get_map(map::REQUEST_HEADERS) {
+        Ok(h) => hostmap::to_text(h),
         Err(status) => {
             warn!("llm-router: cannot read request headers: {status:?}");
             Vec::new()
@@ -16,17 +19,18 @@ pub fn request_headers() -> Vec<(String, String)> {
     }
 }
 
-/// Sets (`Some`) or removes (`None`) a request header.
+/// Sets (`Some`) or removes (`None`) a request header. Fails quietly once the headers went
+/// upstream (the host answers `BadArgument` then).
 pub fn set_request_header(name: &str, value: Option<&str>) {
-    if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
+    if let Err(status) = abi::set_map_value(map::REQUEST_HEADERS, name, value.map(str::as_bytes)) {
         warn!("llm-router: cannot set request header {name}: {status:?}");
     }
 }
 
 /// Up to `max` bytes of the buffered request body.
 pub fn request_body(max: usize) -> Vec<u8> {
-    match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, max) {
-        Ok(b) => b.unwrap_or_default(),
+    match abi::get_buffer(buffer::REQUEST_BODY, 0, max) {
+        Ok(b) => b,
         Err(status) => {
             warn!("llm-router: cannot read the request body: {status:?}");
             Vec::new()
@@ -34,13 +38,30 @@ pub fn request_body(max: usize) -> Vec<u8> {
     }
 }
 
+/// Replaces the buffered request body; true when the host took it.
+pub fn set_request_body(size: usize, body: &[u8]) -> bool {
+    match abi::set_buffer(buffer::REQUEST_BODY, 0, size, body) {
+        Ok(()) => true,
+        Err(status) => {
+            warn!("llm-router: cannot rewrite the body: {status:?}");
+            false
+        }
+    }
+}
+
+/// The plugin configuration, `None` when the host cannot give it.
+pub fn plugin_configuration() -> Option<Vec<u8>> {
+    match abi::get_buffer(buffer::PLUGIN_CONFIGURATION, 0, usize::MAX) {
+        Ok(b) => Some(b),
+        Err(status) => {
+            log::error!("llm-router: cannot read the plugin configuration: {status:?}");
+            None
+        }
+    }
+}
+
 pub fn send_reply(reply: &LocalReply) {
-    let headers: Vec<(&str, &str)> = reply
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    if let Err(status) = hostcalls::send_http_response(reply.status, headers, Some(&reply.body)) {
+    if let Err(status) = abi::send_local_response(reply.status, &reply.headers, &reply.body) {
         warn!(
             "llm-router: cannot send the {} reply: {status:?}",
             reply.status
@@ -51,8 +72,8 @@ pub fn send_reply(reply: &LocalReply) {
 /// Makes Envoy match the route again after header changes. ABI 0.2.1 hosts do it on their
 /// own and may not know the function (`NotFound`), which is fine.
 pub fn clear_route_cache() {
-    match hostcalls::call_foreign_function("clear_route_cache", None) {
-        Ok(_) | Err(Status::NotFound) => {}
+    match abi::call_foreign_function("clear_route_cache", &[]) {
+        Ok(_) => {}
         Err(status) => debug!("llm-router: clear_route_cache: {status:?}"),
     }
 }
@@ -62,17 +83,14 @@ pub struct SharedData;
 
 impl crate::store::Store for SharedData {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, crate::store::StoreError> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(value), cas)) => Ok(Some((value, cas.unwrap_or(0)))),
-            Ok((None, _)) => Ok(None),
-            Err(status) => Err(crate::store::StoreError::Other(format!("{status:?}"))),
-        }
+        abi::get_shared_data(key)
+            .map_err(|status| crate::store::StoreError::Other(format!("{status:?}")))
     }
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), crate::store::StoreError> {
-        match hostcalls::set_shared_data(key, Some(value), Some(cas)) {
+        match abi::set_shared_data(key, value, cas) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(crate::store::StoreError::CasMismatch),
+            Err(abi::Status(abi::CAS_MISMATCH)) => Err(crate::store::StoreError::CasMismatch),
             Err(status) => Err(crate::store::StoreError::Other(format!("{status:?}"))),
         }
     }
@@ -80,39 +98,32 @@ impl crate::store::Store for SharedData {
 
 /// Milliseconds since the Unix epoch by the proxy's clock (0 if it cannot be read).
 pub fn now_ms() -> u64 {
-    match hostcalls::get_current_time() {
-        Ok(t) => t
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0),
-        Err(_) => 0,
-    }
+    abi::now_ns().map_or(0, |ns| ns / 1_000_000)
 }
 
-/// A property as a UTF-8 string (e.g. a JWT claim in jwt_authn's dynamic metadata).
-pub fn property_string(path: &[String]) -> Option<String> {
-    let segments: Vec<&str> = path.iter().map(String::as_str).collect();
-    match hostcalls::get_property(segments) {
+/// A property as text (e.g. a JWT claim in jwt_authn's dynamic metadata, the source address).
+/// Bytes that are not UTF-8 make it absent.
+pub fn property_string<S: AsRef<str>>(path: &[S]) -> Option<String> {
+    match abi::get_property(path) {
         Ok(Some(bytes)) => String::from_utf8(bytes).ok(),
         Ok(None) | Err(_) => None,
     }
 }
 
+/// A response header as text (U+FFFD for bytes that are not UTF-8), `None` when absent.
 pub fn response_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+    abi::get_map_value(map::RESPONSE_HEADERS, name)
         .ok()
         .flatten()
+        .map(hostmap::into_string)
 }
 
 pub fn set_response_header(name: &str, value: &str) {
-    if let Err(status) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)) {
+    if let Err(status) = abi::set_map_value(map::RESPONSE_HEADERS, name, Some(value.as_bytes())) {
         debug!("llm-router: cannot set response header {name}: {status:?}");
     }
 }
 
 pub fn response_body(size: usize) -> Vec<u8> {
-    match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size) {
-        Ok(b) => b.unwrap_or_default(),
-        Err(_) => Vec::new(),
-    }
+    abi::get_buffer(buffer::RESPONSE_BODY, 0, size).unwrap_or_default()
 }

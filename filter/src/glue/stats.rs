@@ -1,10 +1,9 @@
 //! Metrics defined lazily per label combination and cached by `Key` (small indices), so a
 //! request that hits an existing series neither formats a name nor calls `define_metric`.
 
+use super::abi;
 use crate::metrics::{Catalog, Key, Kind, Metric};
 use log::warn;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -36,10 +35,10 @@ impl Stats {
         }
         let name = self.catalog.borrow().name(&key);
         let ty = match key.metric.kind() {
-            Kind::Counter => MetricType::Counter,
-            Kind::Histogram => MetricType::Histogram,
+            Kind::Counter => abi::metric::COUNTER,
+            Kind::Histogram => abi::metric::HISTOGRAM,
         };
-        match hostcalls::define_metric(ty, &name) {
+        match abi::define_metric(ty, &name) {
             Ok(id) => {
                 self.ids.borrow_mut().insert(key, id);
                 Some(id)
@@ -61,7 +60,7 @@ impl Stats {
         }
         if let Some(id) = self.id(Key::new(metric, labels)) {
             let n = i64::try_from(n).unwrap_or(i64::MAX);
-            if let Err(status) = hostcalls::increment_metric(id, n) {
+            if let Err(status) = abi::increment_metric(id, n) {
                 warn!("llm-router: cannot increment {}: {status:?}", metric.base());
             }
         }
@@ -69,7 +68,7 @@ impl Stats {
 
     pub fn record(&self, metric: Metric, labels: &[u16], value: u64) {
         if let Some(id) = self.id(Key::new(metric, labels)) {
-            if let Err(status) = hostcalls::record_metric(id, value) {
+            if let Err(status) = abi::record_metric(id, value) {
                 warn!("llm-router: cannot record {}: {status:?}", metric.base());
             }
         }

@@ -6,17 +6,19 @@
 //! clock on access; nothing runs on ticks.
 
 pub mod bucket;
+mod reconcile;
+mod tenants;
 
-use crate::config::{BucketLimit, Limits, TenantSource, Tenants, UnknownTenant};
+use crate::config::{BucketLimit, Limits, Tenants};
 use crate::reply::LocalReply;
 use crate::store::{update, Step};
 pub use crate::store::{Store, StoreError};
 use bucket::UNIT;
+pub use reconcile::{outcome, reconcile, token_cost, Charge, Correction, Cost, End, Outcome};
+pub use tenants::{jwt_claim_path, overflow, resolve, Resolved, Tenant, MAX_TENANT_ID_LEN};
 
 /// Key prefix of everything this module stores in shared data.
 const PREFIX: &str = "llm_router/rl/";
-/// Longest tenant id that gets a bucket of its own; longer or unusual ids share `overflow`.
-pub const MAX_TENANT_ID_LEN: usize = 128;
 
 /// Both buckets of one tenant at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,15 +48,37 @@ impl State {
     }
 
     pub fn decode(bytes: &[u8]) -> Option<State> {
-        let field = |i: usize| -> Option<[u8; 8]> { bytes.get(i..i + 8)?.try_into().ok() };
-        if bytes.len() != 24 {
-            return None;
+        match State::decode_record(bytes) {
+            Some((state, [])) => Some(state),
+            _ => None,
         }
-        Some(State {
+    }
+
+    /// A stored record: the state, then the id of the slot's owner (empty for keys that
+    /// belong to one tenant for good).
+    pub fn encode_record(&self, owner: Option<&str>) -> Vec<u8> {
+        let mut out = self.encode().to_vec();
+        out.extend_from_slice(owner.unwrap_or_default().as_bytes());
+        out
+    }
+
+    pub fn decode_record(bytes: &[u8]) -> Option<(State, &[u8])> {
+        let field = |i: usize| -> Option<[u8; 8]> { bytes.get(i..i + 8)?.try_into().ok() };
+        let state = State {
             requests: i64::from_le_bytes(field(0)?),
             tokens: i64::from_le_bytes(field(8)?),
             at_ms: u64::from_le_bytes(field(16)?),
-        })
+        };
+        Some((state, bytes.get(24..)?))
+    }
+
+    /// Both buckets are full at `now_ms`: the record carries nothing worth keeping.
+    fn is_full(&self, limits: &Limits, now_ms: u64) -> bool {
+        let s = self.refilled(limits, now_ms);
+        let full = |level: i64, l: &Option<BucketLimit>| {
+            l.as_ref().is_none_or(|l| level >= bucket::capacity(l))
+        };
+        full(s.requests, &limits.requests) && full(s.tokens, &limits.tokens)
     }
 
     /// Brought up to `now_ms` (a clock that went backwards adds nothing).
@@ -111,6 +135,22 @@ pub enum Admission {
         retry_after_ms: u64,
         status: Status,
     },
+    /// The slot of an unconfigured id was reclaimed for another id before it was charged:
+    /// nothing was charged; resolve the tenant again.
+    SlotLost,
+}
+
+/// The record under a key, if it belongs to `owner` (`None`: a key of one tenant for good).
+/// `Err(())`: the slot now belongs to another id.
+fn owned_state(current: Option<&[u8]>, owner: Option<&str>) -> Result<Option<State>, ()> {
+    let Some((state, stored)) = current.and_then(State::decode_record) else {
+        return Ok(None);
+    };
+    match owner {
+        Some(id) if stored != id.as_bytes() => Err(()),
+        None if !stored.is_empty() => Ok(None),
+        _ => Ok(Some(state)),
+    }
 }
 
 fn status_of(state: &State, limits: &Limits) -> Status {
@@ -147,7 +187,7 @@ fn admission_units(amount: u64, limit: &Option<BucketLimit>) -> i64 {
     }
 }
 
-/// Charges one request and `tokens` tokens to the tenant's buckets if both have room.
+/// Charges one request and `tokens` tokens to the buckets under `key` if both have room.
 pub fn admit(
     store: &dyn Store,
     key: &str,
@@ -155,12 +195,26 @@ pub fn admit(
     tokens: u64,
     now_ms: u64,
 ) -> Result<Admission, StoreError> {
+    admit_tenant(store, key, limits, None, tokens, now_ms)
+}
+
+/// `admit` for a key that may be a reclaimable slot: it is charged only while it still
+/// belongs to `owner`.
+pub fn admit_tenant(
+    store: &dyn Store,
+    key: &str,
+    limits: &Limits,
+    owner: Option<&str>,
+    tokens: u64,
+    now_ms: u64,
+) -> Result<Admission, StoreError> {
     let need_req = admission_units(1, &limits.requests);
     let need_tok = admission_units(tokens, &limits.tokens);
     update(store, key, |current| {
-        let state = match current.and_then(State::decode) {
-            Some(s) => s.refilled(limits, now_ms),
-            None => State::full(limits, now_ms),
+        let state = match owned_state(current, owner) {
+            Ok(Some(s)) => s.refilled(limits, now_ms),
+            Ok(None) => State::full(limits, now_ms),
+            Err(()) => return Step::Keep(Admission::SlotLost),
         };
         let limited = |bucket, level: i64, need: i64, l: &Option<BucketLimit>| {
             let l = l.as_ref()?;
@@ -182,7 +236,7 @@ pub fn admit(
             at_ms: state.at_ms,
         };
         Step::Write(
-            next.encode().to_vec(),
+            next.encode_record(owner),
             Admission::Admitted(status_of(&next, limits)),
         )
     })
@@ -198,6 +252,28 @@ pub fn adjust(
     delta_tokens: i64,
     now_ms: u64,
 ) -> Result<(), StoreError> {
+    adjust_tenant(
+        store,
+        key,
+        limits,
+        None,
+        delta_requests,
+        delta_tokens,
+        now_ms,
+    )
+}
+
+/// `adjust` for a key that may be a reclaimable slot: a slot that now belongs to another id
+/// is left alone (it was reclaimed because its buckets were full again: nothing was owed).
+pub fn adjust_tenant(
+    store: &dyn Store,
+    key: &str,
+    limits: &Limits,
+    owner: Option<&str>,
+    delta_requests: i64,
+    delta_tokens: i64,
+    now_ms: u64,
+) -> Result<(), StoreError> {
     if (delta_requests == 0 || limits.requests.is_none())
         && (delta_tokens == 0 || limits.tokens.is_none())
     {
@@ -208,8 +284,8 @@ pub fn adjust(
         None => 0,
     };
     update(store, key, |current| {
-        // Nothing was ever charged under this key: nothing to correct.
-        let Some(state) = current.and_then(State::decode) else {
+        // Nothing was ever charged under this key (or it changed hands): nothing to correct.
+        let Ok(Some(state)) = owned_state(current, owner) else {
             return Step::Keep(());
         };
         let s = state.refilled(limits, now_ms);
@@ -218,104 +294,8 @@ pub fn adjust(
             tokens: change(s.tokens, &limits.tokens, delta_tokens),
             at_ms: s.at_ms,
         };
-        Step::Write(next.encode().to_vec(), ())
+        Step::Write(next.encode_record(owner), ())
     })
-}
-
-/// Who is charged for a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tenant {
-    /// Shared-data key of the buckets.
-    pub key: String,
-    /// Metric label value (configured tenant, `default`, `anonymous` or `overflow`).
-    pub label: String,
-    pub limits: Limits,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resolved {
-    Tenant(Tenant),
-    /// `unknown: reject` and the id is not configured.
-    Rejected,
-}
-
-/// Where the tenant id comes from: a header value or a JWT claim.
-pub fn resolve(cfg: &Tenants, id: Option<&str>, store: &dyn Store) -> Result<Resolved, StoreError> {
-    let id = id.map(str::trim).filter(|s| !s.is_empty());
-    let Some(id) = id else {
-        let limits = configured(cfg, "anonymous").unwrap_or(cfg.default);
-        return Ok(Resolved::Tenant(Tenant {
-            key: format!("{PREFIX}t/anonymous"),
-            label: "anonymous".into(),
-            limits,
-        }));
-    };
-    if let Some(limits) = configured(cfg, id) {
-        return Ok(Resolved::Tenant(Tenant {
-            key: format!("{PREFIX}t/{id}"),
-            label: id.to_string(),
-            limits,
-        }));
-    }
-    if cfg.unknown == UnknownTenant::Reject {
-        return Ok(Resolved::Rejected);
-    }
-    let overflow = Tenant {
-        key: format!("{PREFIX}overflow"),
-        label: "overflow".into(),
-        limits: cfg.default,
-    };
-    if id.len() > MAX_TENANT_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Ok(Resolved::Tenant(overflow));
-    }
-    let key = format!("{PREFIX}u/{id}");
-    let own = Tenant {
-        key: key.clone(),
-        label: "default".into(),
-        limits: cfg.default,
-    };
-    if store.get(&key)?.is_some() {
-        return Ok(Resolved::Tenant(own));
-    }
-    // A new id: take one of the `max_tracked_tenants` slots, if any is left.
-    if take_slot(store, cfg.max_tracked_tenants)? {
-        Ok(Resolved::Tenant(own))
-    } else {
-        Ok(Resolved::Tenant(overflow))
-    }
-}
-
-fn configured(cfg: &Tenants, id: &str) -> Option<Limits> {
-    cfg.limits.iter().find(|(n, _)| n == id).map(|(_, l)| *l)
-}
-
-/// Increments the count of tracked unknown tenants if it is below `max`.
-fn take_slot(store: &dyn Store, max: u32) -> Result<bool, StoreError> {
-    update(store, &format!("{PREFIX}tracked"), |current| {
-        let count = current
-            .and_then(|b| b.get(..4))
-            .and_then(|s| s.try_into().ok())
-            .map_or(0, u32::from_le_bytes);
-        if count >= max {
-            Step::Keep(false)
-        } else {
-            Step::Write((count + 1).to_le_bytes().to_vec(), true)
-        }
-    })
-}
-
-/// The shared-data path of a JWT claim, as Envoy's property API takes it (segments).
-pub fn jwt_claim_path(source: &TenantSource) -> Option<Vec<String>> {
-    match source {
-        TenantSource::JwtClaim { claim, payload_key } => Some(vec![
-            "metadata".into(),
-            "filter_metadata".into(),
-            "envoy.filters.http.jwt_authn".into(),
-            payload_key.clone(),
-            claim.clone(),
-        ]),
-        TenantSource::Header(_) => None,
-    }
 }
 
 /// Go-style duration as OpenAI writes it in `x-ratelimit-reset-*` (`250ms`, `6s`, `1m30s`).
@@ -364,114 +344,103 @@ pub enum Gate {
         tenant_label: String,
         bucket: Option<Bucket>,
     },
-    /// Shared data failed: the request goes through uncharged (fail open), with the reason.
-    Degraded(String),
+    /// Shared data failed (or stayed contended past every retry): the request cannot be
+    /// charged, so it is not admitted (never uncharged). `reply` is a 503 to retry.
+    Unavailable { reply: LocalReply, why: String },
 }
 
-/// Tokens charged at admission: the prompt estimate plus the completion reservation
-/// `min(max_tokens, cap)` (`cap` when the request sets no `max_tokens`). A request whose
-/// body could not be read is charged no tokens.
-pub fn token_cost(cfg: &Tenants, prompt_estimate: Option<u64>, max_tokens: Option<u64>) -> u64 {
-    match prompt_estimate {
-        Some(p) => p.saturating_add(
-            max_tokens
-                .unwrap_or(cfg.max_tokens_cap)
-                .min(cfg.max_tokens_cap),
-        ),
-        None => 0,
-    }
-}
+/// How often a tenant is resolved again when its slot is reclaimed under it.
+const RESOLVE_TRIES: usize = 3;
 
 /// Resolves the tenant and charges its buckets.
 pub fn gate(cfg: &Tenants, id: Option<&str>, cost: u64, store: &dyn Store, now_ms: u64) -> Gate {
-    let tenant = match resolve(cfg, id, store) {
-        Ok(Resolved::Tenant(t)) => t,
-        Ok(Resolved::Rejected) => {
-            return Gate::Refuse {
-                reply: LocalReply::error(
-                    401,
-                    "invalid_request_error",
-                    "unknown_tenant",
-                    "The tenant of this request is not known to the gateway.",
-                ),
-                tenant_label: "default".into(),
-                bucket: None,
+    let mut tenant = None;
+    for attempt in 0..=RESOLVE_TRIES {
+        let t = match resolve(cfg, id, store, now_ms) {
+            // Lost the slot every time: the shared bucket takes the charge.
+            Ok(Resolved::Tenant(_)) if attempt == RESOLVE_TRIES => overflow(cfg),
+            Ok(Resolved::Tenant(t)) => t,
+            Ok(Resolved::Rejected) => return unknown_tenant(),
+            Err(e) => return unavailable(format!("{e:?}")),
+        };
+        let owner = t.owner.as_deref();
+        match admit_tenant(store, &t.key, &t.limits, owner, cost, now_ms) {
+            Ok(Admission::SlotLost) => continue,
+            Ok(a) => {
+                tenant = Some((t, a));
+                break;
             }
+            Err(e) => return unavailable(format!("{e:?}")),
         }
-        Err(e) => return Gate::Degraded(format!("{e:?}")),
+    }
+    let Some((tenant, admission)) = tenant else {
+        return unavailable("tenant slot contended".into());
     };
-    match admit(store, &tenant.key, &tenant.limits, cost, now_ms) {
-        Ok(Admission::Admitted(status)) => Gate::Pass {
+    match admission {
+        Admission::Admitted(status) => Gate::Pass {
             charged_tokens: charged(cost, &tenant.limits.tokens),
             tenant,
             status,
         },
-        Ok(Admission::Limited {
+        Admission::Limited {
             bucket,
             retry_after_ms,
             status,
-        }) => {
-            let what = match bucket {
-                Bucket::Requests => "requests",
-                Bucket::Tokens => "tokens",
-            };
-            let secs = retry_after_ms.div_ceil(1000).max(1);
-            // OpenAI's `type` names the exhausted limit: "requests" or "tokens".
-            let mut reply = LocalReply::error(
-                429,
-                what,
-                "rate_limit_exceeded",
-                &format!(
-                    "Rate limit reached for {what} per minute of tenant '{}'. Please try again in {}.",
-                    tenant.label,
-                    format_duration(retry_after_ms)
-                ),
-            )
-            .with_header("retry-after", secs.to_string());
-            for (k, v) in headers(&status) {
-                reply = reply.with_header(k, v);
-            }
-            Gate::Refuse {
-                reply,
-                tenant_label: tenant.label,
-                bucket: Some(bucket),
-            }
-        }
-        Err(e) => Gate::Degraded(format!("{e:?}")),
+        } => limited(tenant, bucket, retry_after_ms, &status),
+        Admission::SlotLost => unavailable("tenant slot contended".into()),
     }
 }
 
-/// How many tokens to give back (negative) or charge on top (positive) once a request is over.
-///
-/// - Real `usage` known: `usage.total - charged`.
-/// - No usage, upstream answered 2xx: the estimate stands (0), except a stream cut short
-///   (client cancel mid-stream): only the prompt and the events already streamed are kept.
-/// - No usage and no 2xx (upstream 4xx/5xx, a local reply after admission, or a client that
-///   went away before any answer): nothing was generated, all charged tokens come back.
-pub fn reconcile_delta(charged: u64, usage_total: Option<u64>, outcome: Outcome) -> i64 {
-    let charged_i = i64::try_from(charged).unwrap_or(i64::MAX);
-    match (usage_total, outcome) {
-        (Some(total), _) => i64::try_from(total).unwrap_or(i64::MAX) - charged_i,
-        (None, Outcome::Success) => 0,
-        (
-            None,
-            Outcome::StreamCut {
-                prompt_estimate,
-                events,
-            },
-        ) => {
-            let kept = prompt_estimate.saturating_add(events).min(charged);
-            i64::try_from(kept).unwrap_or(i64::MAX) - charged_i
-        }
-        (None, Outcome::Failed) => -charged_i,
+fn unknown_tenant() -> Gate {
+    Gate::Refuse {
+        reply: LocalReply::error(
+            401,
+            "invalid_request_error",
+            "unknown_tenant",
+            "The tenant of this request is not known to the gateway.",
+        ),
+        tenant_label: "default".into(),
+        bucket: None,
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    StreamCut { prompt_estimate: u64, events: u64 },
-    Failed,
+fn unavailable(why: String) -> Gate {
+    let reply = LocalReply::error(
+        503,
+        "server_error",
+        "rate_limiter_unavailable",
+        "The gateway could not charge this request to its rate limits; retry shortly.",
+    )
+    .with_header("retry-after", "1".to_string());
+    Gate::Unavailable { reply, why }
+}
+
+fn limited(tenant: Tenant, bucket: Bucket, retry_after_ms: u64, status: &Status) -> Gate {
+    let what = match bucket {
+        Bucket::Requests => "requests",
+        Bucket::Tokens => "tokens",
+    };
+    let secs = retry_after_ms.div_ceil(1000).max(1);
+    // OpenAI's `type` names the exhausted limit: "requests" or "tokens".
+    let mut reply = LocalReply::error(
+        429,
+        what,
+        "rate_limit_exceeded",
+        &format!(
+            "Rate limit reached for {what} per minute of tenant '{}'. Please try again in {}.",
+            tenant.label,
+            format_duration(retry_after_ms)
+        ),
+    )
+    .with_header("retry-after", secs.to_string());
+    for (k, v) in headers(status) {
+        reply = reply.with_header(k, v);
+    }
+    Gate::Refuse {
+        reply,
+        tenant_label: tenant.label,
+        bucket: Some(bucket),
+    }
 }
 
 #[cfg(test)]

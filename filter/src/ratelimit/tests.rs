@@ -226,21 +226,21 @@ fn configured_unknown_and_anonymous_tenants() {
         r#"{"header": "x-t", "default": {"requests_per_minute": 5}, "limits": {"acme": {"requests_per_minute": 60}}}"#,
     );
     let m = Mem::default();
-    let acme = tenant(resolve(&t, Some("acme"), &m).unwrap());
+    let acme = tenant(resolve(&t, Some("acme"), &m, 0).unwrap());
     assert_eq!(acme.label, "acme");
     assert_eq!(acme.limits.requests.unwrap().per_minute, 60);
-    let anon = tenant(resolve(&t, None, &m).unwrap());
+    let anon = tenant(resolve(&t, None, &m, 0).unwrap());
     assert_eq!(anon.label, "anonymous");
     assert_eq!(
-        tenant(resolve(&t, Some("  "), &m).unwrap()).label,
+        tenant(resolve(&t, Some("  "), &m, 0).unwrap()).label,
         "anonymous"
     );
-    let other = tenant(resolve(&t, Some("bob"), &m).unwrap());
+    let other = tenant(resolve(&t, Some("bob"), &m, 0).unwrap());
     assert_eq!(other.label, "default");
     assert_eq!(other.limits.requests.unwrap().per_minute, 5);
     assert_ne!(
         other.key,
-        tenant(resolve(&t, Some("carol"), &m).unwrap()).key
+        tenant(resolve(&t, Some("carol"), &m, 0).unwrap()).key
     );
 }
 
@@ -250,20 +250,91 @@ fn unknown_tenants_are_bounded_then_overflow() {
         r#"{"header": "x-t", "default": {"requests_per_minute": 5}, "max_tracked_tenants": 3}"#,
     );
     let m = Mem::default();
-    let mut keys = Vec::new();
+    let mut seen = Vec::new();
     for id in ["a", "b", "c", "d", "e"] {
-        let tn = tenant(resolve(&t, Some(id), &m).unwrap());
-        // the bucket is created on first admission
-        admit(&m, &tn.key, &tn.limits, 0, 0).unwrap();
-        keys.push((tn.key, tn.label));
+        // Each id takes a request out of its bucket, so its slot is busy.
+        let Gate::Pass { tenant, .. } = gate(&t, Some(id), 0, &m, 0) else {
+            panic!("{id}")
+        };
+        seen.push((tenant.key, tenant.label));
     }
-    assert_eq!(keys[2].1, "default");
-    assert_eq!(keys[3].1, "overflow");
-    assert_eq!(keys[3].0, keys[4].0);
+    let own: Vec<_> = seen.iter().filter(|(_, l)| l == "default").collect();
+    assert_eq!(own.len(), 3, "{seen:?}");
+    assert_eq!(seen[3].1, "overflow");
+    assert_eq!(seen[3].0, seen[4].0);
     // already-tracked ids keep their own bucket
-    assert_eq!(tenant(resolve(&t, Some("a"), &m).unwrap()).key, keys[0].0);
-    // stored keys stay bounded: 3 tenants + overflow + counter
-    assert_eq!(m.map.borrow().len(), 5);
+    assert_eq!(
+        tenant(resolve(&t, Some("a"), &m, 0).unwrap()).key,
+        seen[0].0
+    );
+    // stored keys stay bounded: 3 slots + overflow
+    assert_eq!(m.map.borrow().len(), 4);
+}
+
+#[test]
+fn idle_slots_are_reclaimed_so_a_spray_cannot_lock_out_new_tenants() {
+    let t = tenants(
+        r#"{"header": "x-t", "default": {"requests_per_minute": 60}, "max_tracked_tenants": 4}"#,
+    );
+    let m = Mem::default();
+    // An attacker sprays 50 ids at t=0: at most 4 get a slot, the rest share overflow.
+    for i in 0..50 {
+        let _ = gate(&t, Some(&format!("spray-{i}")), 0, &m, 0);
+    }
+    let Gate::Pass { tenant, .. } = gate(&t, Some("real"), 0, &m, 0) else {
+        panic!()
+    };
+    assert_eq!(tenant.label, "overflow");
+    // One second later (60 rpm refills one request a second) every sprayed bucket is full
+    // again: its slot carries nothing and the real tenant gets one of its own.
+    let Gate::Pass { tenant, .. } = gate(&t, Some("real"), 0, &m, 1000) else {
+        panic!()
+    };
+    assert_eq!(tenant.label, "default");
+    assert_eq!(tenant.owner.as_deref(), Some("real"));
+    assert!(m.map.borrow().len() <= 5);
+}
+
+#[test]
+fn a_slot_reclaimed_between_resolve_and_admit_is_not_charged_to_the_new_owner() {
+    let t = tenants(
+        r#"{"header": "x-t", "default": {"requests_per_minute": 2}, "max_tracked_tenants": 1}"#,
+    );
+    let m = Mem::default();
+    let a = tenant(resolve(&t, Some("a"), &m, 0).unwrap());
+    // "b" takes the (still full) slot before "a" is charged.
+    let b = tenant(resolve(&t, Some("b"), &m, 0).unwrap());
+    assert_eq!(a.key, b.key);
+    let got = admit_tenant(&m, &a.key, &a.limits, a.owner.as_deref(), 0, 0).unwrap();
+    assert_eq!(got, Admission::SlotLost);
+    // gate resolves again and charges "a" somewhere, never "b"'s bucket.
+    let Gate::Pass { tenant: a2, .. } = gate(&t, Some("a"), 0, &m, 0) else {
+        panic!()
+    };
+    assert_eq!(a2.owner.as_deref(), Some("a"));
+    let b2 = gate(&t, Some("b"), 0, &m, 0);
+    assert!(matches!(b2, Gate::Pass { .. }), "{b2:?}");
+}
+
+#[test]
+fn contention_that_never_ends_refuses_instead_of_admitting_uncharged() {
+    struct Busy;
+    impl Store for Busy {
+        fn get(&self, _: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            Ok(None)
+        }
+        fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), StoreError> {
+            Err(StoreError::CasMismatch)
+        }
+    }
+    let t = tenants(r#"{"header": "x-t", "limits": {"acme": {"requests_per_minute": 5}}}"#);
+    match gate(&t, Some("acme"), 10, &Busy, 0) {
+        Gate::Unavailable { reply, .. } => {
+            assert_eq!(reply.status, 503);
+            assert!(reply.headers.iter().any(|(k, _)| k == "retry-after"));
+        }
+        g => panic!("{g:?}"),
+    }
 }
 
 #[test]
@@ -272,11 +343,11 @@ fn weird_or_long_ids_overflow() {
     let m = Mem::default();
     let long = "x".repeat(200);
     assert_eq!(
-        tenant(resolve(&t, Some(&long), &m).unwrap()).label,
+        tenant(resolve(&t, Some(&long), &m, 0).unwrap()).label,
         "overflow"
     );
     assert_eq!(
-        tenant(resolve(&t, Some("a b"), &m).unwrap()).label,
+        tenant(resolve(&t, Some("a b"), &m, 0).unwrap()).label,
         "overflow"
     );
 }
@@ -285,8 +356,11 @@ fn weird_or_long_ids_overflow() {
 fn unknown_reject() {
     let t = tenants(r#"{"header": "x-t", "unknown": "reject", "limits": {"acme": {}}}"#);
     let m = Mem::default();
-    assert_eq!(resolve(&t, Some("bob"), &m).unwrap(), Resolved::Rejected);
-    assert_eq!(tenant(resolve(&t, Some("acme"), &m).unwrap()).label, "acme");
+    assert_eq!(resolve(&t, Some("bob"), &m, 0).unwrap(), Resolved::Rejected);
+    assert_eq!(
+        tenant(resolve(&t, Some("acme"), &m, 0).unwrap()).label,
+        "acme"
+    );
 }
 
 #[test]
@@ -370,26 +444,73 @@ fn gate_unknown_tenant_reject_is_401() {
     }
 }
 
+fn cost(prompt: Option<u64>, body_bytes: u64, max_tokens: Option<u64>, n: u64) -> Cost {
+    Cost {
+        prompt,
+        body_bytes,
+        max_tokens,
+        n,
+    }
+}
+
 #[test]
 fn token_cost_caps_the_completion_reservation() {
     let t = tenants(r#"{"header": "x-t", "max_tokens_cap": 1000}"#);
-    assert_eq!(token_cost(&t, Some(50), Some(100)), 150);
-    assert_eq!(token_cost(&t, Some(50), Some(100_000)), 1050);
-    assert_eq!(token_cost(&t, Some(50), None), 1050);
-    assert_eq!(token_cost(&t, None, Some(10)), 0);
+    assert_eq!(token_cost(&t, &cost(Some(50), 9, Some(100), 1)), 150);
+    assert_eq!(token_cost(&t, &cost(Some(50), 9, Some(100_000), 1)), 1050);
+    assert_eq!(token_cost(&t, &cost(Some(50), 9, None, 1)), 1050);
+}
+
+#[test]
+fn every_completion_asked_for_is_reserved() {
+    let t = tenants(r#"{"header": "x-t", "max_tokens_cap": 1000}"#);
+    assert_eq!(token_cost(&t, &cost(Some(50), 9, Some(100), 4)), 450);
+    assert_eq!(token_cost(&t, &cost(Some(50), 9, Some(100), 0)), 150);
+    assert_eq!(
+        token_cost(&t, &cost(Some(u64::MAX), 9, None, u64::MAX)),
+        u64::MAX
+    );
+}
+
+#[test]
+fn an_unreadable_body_is_never_charged_zero() {
+    // Too large, not JSON, or a field no model server accepts: charged its byte length (an
+    // upper bound of its tokens) and the full completion cap.
+    let t = tenants(r#"{"header": "x-t", "max_tokens_cap": 1000}"#);
+    assert_eq!(token_cost(&t, &cost(None, 6000, Some(10), 1)), 6010);
+    assert_eq!(token_cost(&t, &cost(None, 0, None, 1)), 1000);
 }
 
 #[test]
 fn reconcile_rules() {
-    assert_eq!(reconcile_delta(500, Some(120), Outcome::Success), -380);
-    assert_eq!(reconcile_delta(500, Some(900), Outcome::Failed), 400);
-    assert_eq!(reconcile_delta(500, None, Outcome::Success), 0);
-    assert_eq!(reconcile_delta(500, None, Outcome::Failed), -500);
-    let cut = Outcome::StreamCut {
-        prompt_estimate: 100,
-        events: 20,
+    let c = Charge {
+        charged: 500,
+        prompt: 100,
+        reserved: 400,
     };
-    assert_eq!(reconcile_delta(500, None, cut), -380);
+    let tok = |usage, outcome| reconcile(&c, usage, outcome).tokens;
+    // Real usage wins whenever the request went upstream.
+    assert_eq!(tok(Some(120), Outcome::Completed), -380);
+    assert_eq!(tok(Some(900), Outcome::Failed), 400);
+    // No usage: a complete answer keeps the estimate.
+    assert_eq!(tok(None, Outcome::Completed), 0);
+    // Upstream error or cancel after forwarding: the prompt stays charged.
+    assert_eq!(tok(None, Outcome::Failed), -400);
+    // A stream without usage: prompt + what was streamed (even past the reservation).
+    let streamed = |n| Outcome::Streamed {
+        completion_tokens: n,
+    };
+    assert_eq!(tok(None, streamed(20)), -380);
+    assert_eq!(tok(None, streamed(1000)), 600);
+    // Answered by the filter before forwarding: everything back, the request too.
+    let back = reconcile(&c, None, Outcome::NotForwarded);
+    assert_eq!(
+        back,
+        Correction {
+            requests: -1,
+            tokens: -500
+        }
+    );
 }
 
 #[test]
@@ -407,7 +528,12 @@ fn oversized_request_is_reconciled_from_what_was_really_charged() {
         panic!()
     };
     assert_eq!(charged_tokens, 2000);
-    let delta = reconcile_delta(charged_tokens, Some(3006), Outcome::Success);
+    let charge = Charge {
+        charged: charged_tokens,
+        prompt: 9,
+        reserved: 4096,
+    };
+    let delta = reconcile(&charge, Some(3006), Outcome::Completed).tokens;
     assert_eq!(delta, 1006);
     adjust(&m, &tenant.key, &tenant.limits, 0, delta, 0).unwrap();
     match gate(&t, Some("acme"), 59, &m, 0) {
@@ -424,4 +550,28 @@ fn oversized_request_is_reconciled_from_what_was_really_charged() {
         }
         g => panic!("{g:?}"),
     }
+}
+
+#[test]
+fn how_a_request_ended_decides_what_is_kept() {
+    let end = |forwarded, ok, ended, streamed| {
+        outcome(&End {
+            forwarded,
+            ok,
+            ended,
+            streamed,
+        })
+    };
+    assert_eq!(end(false, false, false, None), Outcome::NotForwarded);
+    assert_eq!(end(true, true, true, None), Outcome::Completed);
+    // Cut short, upstream error, or the client left before any answer: the prompt stays.
+    assert_eq!(end(true, true, false, None), Outcome::Failed);
+    assert_eq!(end(true, false, true, None), Outcome::Failed);
+    assert_eq!(end(true, false, false, Some(3)), Outcome::Failed);
+    // A stream, whole or cut: what was streamed.
+    let s = Outcome::Streamed {
+        completion_tokens: 7,
+    };
+    assert_eq!(end(true, true, false, Some(7)), s);
+    assert_eq!(end(true, true, true, Some(7)), s);
 }

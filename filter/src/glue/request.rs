@@ -1,0 +1,271 @@
+//! Request side: apply the plan's decision, charge the tenant, pick the endpoint, and answer
+//! the sidecar's load pushes.
+
+use super::host::{
+    clear_route_cache, now_ms, property_string, request_body, send_reply, set_request_body,
+    set_request_header, SharedData,
+};
+use super::{picker, random_u64, Http, Routed, Shared};
+use crate::body::InvalidBody;
+use crate::config::TenantSource;
+use crate::metrics::{self, Metric};
+use crate::plan::{self, Forward, Plan};
+use crate::ratelimit::{self, Charge, Cost, Gate};
+use crate::reply::LocalReply;
+use log::warn;
+use proxy_wasm::types::Action;
+
+/// Largest load snapshot accepted from the sidecar.
+const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024;
+
+impl Http {
+    pub(super) fn reply(&mut self, reply: &LocalReply) -> Action {
+        self.local_reply = true;
+        send_reply(reply);
+        Action::Pause
+    }
+
+    /// Decides with the body (or why there is none usable) and applies the decision.
+    /// `body_size` is the size of the body buffer the host holds now.
+    pub(super) fn decide(
+        &mut self,
+        sh: &Shared,
+        body: Result<&[u8], InvalidBody>,
+        body_size: usize,
+    ) -> Action {
+        self.inspecting = false;
+        self.body_at_decision = body_size as u64;
+        let headers = std::mem::take(&mut self.headers);
+        // What the host holds may be more than the plan sees (a body decided too large).
+        let known = (body_size as u64).max(self.body_declared);
+        let roll = random_u64();
+        let mut fwd = match plan::plan(&sh.cfg, &self.path, &headers, body, known, roll) {
+            Plan::Reject(why, reply) => {
+                sh.stats
+                    .inc(Metric::InvalidBody, &[metrics::invalid_reason(why)]);
+                // Counted in llm_router_requests_total{status="local"} under the default tier
+                // (no tier was chosen), so error ratios see rejected bodies too.
+                let tier = sh.cfg.default_tier;
+                let model = sh.cfg.tiers.get(tier).and_then(|t| t.model.as_deref());
+                self.routed = Some(Routed::new(sh, tier, model, None, false));
+                return self.reply(&reply);
+            }
+            Plan::Forward(fwd) => fwd,
+        };
+        if let Some(why) = fwd.invalid {
+            sh.stats
+                .inc(Metric::InvalidBody, &[metrics::invalid_reason(why)]);
+        }
+        let mut routed = Routed::new(
+            sh,
+            fwd.tier,
+            fwd.model.as_deref(),
+            fwd.prompt_tokens,
+            fwd.stream,
+        );
+        let refusal = charge_tenant(sh, &headers, &fwd, &mut routed)
+            .or_else(|| pick_endpoint(sh, &headers, &mut fwd, &mut routed));
+        let (tier, model) = (routed.tier, routed.model);
+        self.routed = Some(routed);
+        if let Some(reply) = refusal {
+            return self.reply(&reply);
+        }
+
+        sh.stats.inc(
+            Metric::ModelSelected,
+            &[tier, model, metrics::select_reason(fwd.reason)],
+        );
+        if let Some(p) = fwd.prompt_tokens {
+            sh.stats.record(Metric::PromptTokensEstimated, &[tier], p);
+        }
+        apply_forward(&fwd, body_size);
+        Action::Continue
+    }
+
+    /// A load push from the sidecar: the filter answers it itself, it never goes upstream.
+    pub(super) fn push_headers(
+        &mut self,
+        sh: &Shared,
+        headers: &plan::Headers,
+        method: &str,
+        end_of_stream: bool,
+    ) -> Action {
+        if method != "POST" {
+            let reply = LocalReply::error(
+                405,
+                "invalid_request_error",
+                "method_not_allowed",
+                "Load snapshots are pushed with POST.",
+            )
+            .with_header("allow", "POST".to_string());
+            return self.reply(&reply);
+        }
+        let source = property_string(&["source", "address"]);
+        let auth = plan::header(headers, "authorization");
+        if let Err(why) =
+            crate::endpoints::authorize(source.as_deref(), auth, sh.push_token.as_deref())
+        {
+            warn!("llm-router: load push refused ({why:?}) from {source:?}");
+            let reply = LocalReply::error(
+                403,
+                "permission_error",
+                "forbidden",
+                "Load pushes need the configured token and a loopback source.",
+            );
+            return self.reply(&reply);
+        }
+        if end_of_stream {
+            return self.push_body(0, true);
+        }
+        self.push = true;
+        Action::Pause
+    }
+
+    pub(super) fn push_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if body_size > MAX_SNAPSHOT_BYTES {
+            self.push = false;
+            let reply = LocalReply::error(
+                413,
+                "invalid_request_error",
+                "request_too_large",
+                "The load snapshot is too large.",
+            );
+            return self.reply(&reply);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.push = false;
+        let body = request_body(body_size);
+        let reply = match crate::endpoints::Snapshot::parse(&body) {
+            Err(why) => LocalReply::error(400, "invalid_request_error", "invalid_snapshot", &why),
+            Ok(_) => match picker::store_snapshot(&body, now_ms()) {
+                Ok(()) => LocalReply {
+                    status: 204,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                    code: "",
+                },
+                Err(e) => {
+                    warn!("llm-router: cannot store the load snapshot: {e:?}");
+                    LocalReply::error(503, "server_error", "unavailable", "Snapshot not stored.")
+                }
+            },
+        };
+        self.reply(&reply)
+    }
+}
+
+/// Charges the request to its tenant's buckets (when tenants are configured). Returns the
+/// reply when the tenant is refused (429, 401 for an unknown tenant under `reject`, 503 when
+/// the buckets cannot be charged: a request is never admitted uncharged).
+fn charge_tenant(
+    sh: &Shared,
+    headers: &plan::Headers,
+    fwd: &Forward,
+    routed: &mut Routed,
+) -> Option<LocalReply> {
+    let tenants = sh.cfg.tenants.as_ref()?;
+    let id = match &tenants.source {
+        TenantSource::Header(name) => plan::header(headers, name).map(str::to_string),
+        source => ratelimit::jwt_claim_path(source).and_then(|p| property_string(&p)),
+    };
+    let cost = Cost {
+        prompt: fwd.prompt_tokens,
+        body_bytes: fwd.body_bytes,
+        max_tokens: fwd.max_tokens,
+        n: fwd.n,
+    };
+    let tokens = ratelimit::token_cost(tenants, &cost);
+    match ratelimit::gate(tenants, id.as_deref(), tokens, &SharedData, now_ms()) {
+        Gate::Pass {
+            tenant,
+            charged_tokens,
+            status,
+        } => {
+            let charge = Charge {
+                charged: charged_tokens,
+                prompt: cost.prompt_tokens(),
+                reserved: cost.reserved(tenants),
+            };
+            routed.charge = Some((tenant, charge));
+            routed.limits_status = Some(status);
+            None
+        }
+        Gate::Refuse {
+            reply,
+            tenant_label,
+            bucket,
+        } => {
+            if let Some(b) = bucket {
+                let t = sh.stats.catalog().tenant(&tenant_label);
+                sh.stats.inc(Metric::RateLimited, &[t, b.label()]);
+            }
+            Some(reply)
+        }
+        Gate::Unavailable { reply, why } => {
+            warn!("llm-router: rate limit state unavailable, refusing: {why}");
+            Some(reply)
+        }
+    }
+}
+
+/// Names the least-loaded endpoint of the tier's pool (when endpoints are configured) in
+/// `headers.endpoint`. Returns the reply when a sheddable request meets a saturated pool.
+fn pick_endpoint(
+    sh: &Shared,
+    headers: &plan::Headers,
+    fwd: &mut Forward,
+    routed: &mut Routed,
+) -> Option<LocalReply> {
+    let ep_cfg = sh.cfg.endpoints.as_ref()?;
+    let pool = sh.cfg.tiers.get(fwd.tier).map_or("", |t| t.name.as_str());
+    let asked = ep_cfg
+        .criticality_header
+        .as_deref()
+        .and_then(|h| plan::header(headers, h));
+    let crit = crate::endpoints::criticality(fwd.criticality, asked);
+    match sh
+        .snapshots
+        .pick(ep_cfg, pool, crit, now_ms(), random_u64())
+    {
+        picker::Outcome::Picked { address, ticket } => {
+            let label = sh.stats.endpoint_label(&address);
+            sh.stats.inc(Metric::EndpointPicked, &[routed.tier, label]);
+            fwd.set_headers
+                .push((sh.cfg.headers.endpoint.clone(), address));
+            routed.ticket = Some(ticket);
+            None
+        }
+        picker::Outcome::Shed => {
+            sh.stats.inc(Metric::Shed, &[routed.model]);
+            let reply = LocalReply::error(
+                429,
+                "server_error",
+                "overloaded",
+                "Every model server for this request is at capacity; retry shortly.",
+            )
+            .with_header("retry-after", "1".to_string());
+            Some(reply)
+        }
+        picker::Outcome::Fallback(why) => {
+            sh.stats
+                .inc(Metric::EndpointFallback, &[routed.tier, why as u16]);
+            None
+        }
+    }
+}
+
+/// Sets the routing headers and the rewritten body, and has Envoy match the route again.
+fn apply_forward(fwd: &Forward, body_size: usize) {
+    for (name, value) in &fwd.set_headers {
+        set_request_header(name, Some(value));
+    }
+    if let Some(new_body) = &fwd.body {
+        if set_request_body(body_size, new_body) {
+            // The length changed: Envoy frames the body anew without it.
+            set_request_header("content-length", None);
+        }
+    }
+    clear_route_cache();
+}
