@@ -67,14 +67,22 @@ fn open(host: &mut Host, worker: usize) -> (StreamKey, String) {
     (ex.detach(), e)
 }
 
-/// (version, count) of an endpoint's in-flight counter in shared data.
+/// (version, count) of an endpoint in the pool's in-flight record in shared data (one record
+/// per pool: version, then address length, address, count per endpoint with requests).
 fn inflight(host: &Host, addr: &str) -> Option<(u64, u32)> {
-    let (b, _) = host.shared_data_get(&format!("llm_router/ep/inflight/small/{addr}"))?;
-    assert_eq!(b.len(), 12);
-    Some((
-        u64::from_le_bytes(b[..8].try_into().unwrap()),
-        u32::from_le_bytes(b[8..12].try_into().unwrap()),
-    ))
+    let (b, _) = host.shared_data_get("llm_router/ep/pool-inflight/small")?;
+    let version = u64::from_le_bytes(b[..8].try_into().unwrap());
+    let mut rest = &b[8..];
+    let mut count = 0;
+    while let Some((&len, tail)) = rest.split_first() {
+        let (a, tail) = tail.split_at(usize::from(len));
+        let (c, tail) = tail.split_at(4);
+        if a == addr.as_bytes() {
+            count = u32::from_le_bytes(c.try_into().unwrap());
+        }
+        rest = tail;
+    }
+    Some((version, count))
 }
 
 fn snapshot_version(host: &Host) -> Option<u64> {

@@ -1,10 +1,11 @@
 //! Plugin configuration: parsed from JSON once (`on_configure`), validated into the runtime
 //! types below. Every error names the field it is about.
 
+mod check;
 pub mod raw;
 
+use raw::RawConfig;
 pub use raw::{Criticality, InvalidBodyAction, UnknownTenant};
-use raw::{RawConfig, RawLimits};
 use std::fmt;
 
 pub const DEFAULT_APIS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
@@ -28,10 +29,12 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Every error goes through here: field and reason are made fit for one log line (they may
+/// quote configuration text).
 fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError {
-        field: field.into(),
-        reason: reason.into(),
+        field: printable(&field.into()),
+        reason: printable(&reason.into()),
     })
 }
 
@@ -151,11 +154,14 @@ impl Config {
         let raw: RawConfig = match serde_path_to_error::deserialize(de) {
             Ok(raw) => raw,
             Err(e) => {
+                // A syntax error can leave the path unknown (`?`): name what is known.
                 let path = e.path().to_string();
-                let field = if path == "." {
+                let known = path.split('?').next().unwrap_or_default();
+                let known = known.trim_end_matches(['.', '[']);
+                let field = if known.is_empty() {
                     "(root)".to_string()
                 } else {
-                    path
+                    known.to_string()
                 };
                 return err(field, e.into_inner().to_string());
             }
@@ -178,21 +184,7 @@ impl Config {
     }
 
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        let apis = match raw.apis {
-            None => DEFAULT_APIS.iter().map(|s| s.to_string()).collect(),
-            Some(list) => {
-                if list.is_empty() {
-                    return err("apis", "must list at least one path prefix");
-                }
-                for (i, p) in list.iter().enumerate() {
-                    if !p.starts_with('/') {
-                        return err(format!("apis[{i}]"), "must start with '/'");
-                    }
-                }
-                list
-            }
-        };
-
+        let apis = check::apis(raw.apis)?;
         let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes == 0 || max_body_bytes > MAX_MAX_BODY_BYTES {
             return err(
@@ -200,124 +192,25 @@ impl Config {
                 format!("must be between 1 and {MAX_MAX_BODY_BYTES}"),
             );
         }
-
-        let headers = validate_headers(raw.headers)?;
-
-        if raw.tiers.0.is_empty() {
-            return err("tiers", "must define at least one tier");
-        }
-        let mut tiers = Vec::with_capacity(raw.tiers.0.len());
-        for (name, t) in raw.tiers.0 {
-            if !is_label_value(&name) {
-                return err(
-                    format!("tiers.{name}"),
-                    "tier names must be 1-64 characters of [A-Za-z0-9_.-] (they become a header value and a metric label)",
-                );
-            }
-            if let Some(m) = &t.model {
-                check_model_name(&format!("tiers.{name}.model"), m)?;
-            }
-            tiers.push(Tier {
-                name,
-                model: t.model,
-            });
-        }
-        let tier_by_name = |field: &str, name: &str| -> Result<TierId, ConfigError> {
-            tiers
-                .iter()
-                .position(|t| t.name == name)
-                .map_or_else(|| err(field, format!("unknown tier `{name}`")), Ok)
-        };
-
+        let headers = check::headers(raw.headers)?;
+        let tiers = check::tiers(raw.tiers)?;
         let default_tier = match &raw.default_tier {
-            Some(name) => tier_by_name("default_tier", name)?,
+            Some(name) => check::tier_by_name(&tiers, "default_tier", name)?,
             None => 0,
         };
-
-        let mut rules = Vec::with_capacity(raw.rules.len());
-        for (i, r) in raw.rules.into_iter().enumerate() {
-            let at = |f: &str| format!("rules[{i}].{f}");
-            let tier = tier_by_name(&at("tier"), &r.tier)?;
-            if let Some(models) = &r.models {
-                if models.is_empty() {
-                    return err(
-                        at("models"),
-                        "must not be empty (omit it to match any model)",
-                    );
-                }
-            }
-            if let (Some(min), Some(max)) = (r.min_prompt_tokens, r.max_prompt_tokens) {
-                if min > max {
-                    return err(
-                        at("min_prompt_tokens"),
-                        format!("{min} is greater than max_prompt_tokens {max}"),
-                    );
-                }
-            }
-            let header = match r.header {
-                None => None,
-                Some(h) => {
-                    check_header_name(&at("header.name"), &h.name)?;
-                    Some((h.name.to_ascii_lowercase(), h.value))
-                }
-            };
-            if let Some(p) = &r.path_prefix {
-                if !p.starts_with('/') {
-                    return err(at("path_prefix"), "must start with '/'");
-                }
-            }
-            rules.push(Rule {
-                tier,
-                models: r.models,
-                min_prompt_tokens: r.min_prompt_tokens,
-                max_prompt_tokens: r.max_prompt_tokens,
-                header,
-                path_prefix: r.path_prefix,
-                stream: r.stream,
-            });
-        }
-
-        let mut models = Vec::with_capacity(raw.models.0.len());
-        for (name, m) in raw.models.0 {
-            let at = |f: &str| format!("models.{name}.{f}");
-            check_model_name(&format!("models.{name}"), &name)?;
-            if m.targets.is_empty() {
-                return err(at("targets"), "must list at least one target model");
-            }
-            let mut total_weight = 0u64;
-            let mut targets = Vec::with_capacity(m.targets.len());
-            for (j, t) in m.targets.into_iter().enumerate() {
-                check_model_name(&at(&format!("targets[{j}].model")), &t.model)?;
-                total_weight += u64::from(t.weight);
-                targets.push(SplitTarget {
-                    model: t.model,
-                    weight: t.weight,
-                });
-            }
-            if total_weight == 0 {
-                return err(at("targets"), "weights must not all be zero");
-            }
-            models.push(ModelSplit {
-                name,
-                targets,
-                total_weight,
-                criticality: m.criticality.unwrap_or(Criticality::Standard),
-            });
-        }
-
+        let rules = check::rules(raw.rules, &tiers, &headers)?;
+        let models = check::models(raw.models)?;
         let tenants = match raw.tenants {
             None => None,
-            Some(t) => Some(validate_tenants(t)?),
+            Some(t) => Some(check::tenants(t, &headers)?),
         };
         let endpoints = match raw.endpoints {
             None => None,
-            Some(e) => Some(validate_endpoints(e, &apis)?),
+            Some(e) => Some(check::endpoints(e, &apis, &headers)?),
         };
-
         let has_token_limits = tenants.as_ref().is_some_and(|t| {
             t.default.tokens.is_some() || t.limits.iter().any(|(_, l)| l.tokens.is_some())
         });
-
         Ok(Config {
             apis,
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
@@ -336,6 +229,24 @@ impl Config {
     }
 }
 
+/// Text from the configuration made fit for one log line: control characters escaped, cut
+/// to a bounded length.
+fn printable(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if out.len() >= 300 {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Segment-aware prefix match: `/v1/completions` matches `/v1/completions` and
 /// `/v1/completions/x`, not `/v1/completionsfoo`.
 pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
@@ -345,225 +256,7 @@ pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
     }
 }
 
-fn validate_headers(raw: Option<raw::RawHeaders>) -> Result<HeaderNames, ConfigError> {
-    let raw = raw.unwrap_or(raw::RawHeaders {
-        tier: None,
-        model: None,
-        endpoint: None,
-        prompt_tokens: None,
-    });
-    let pick = |field: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
-        let name = v.unwrap_or_else(|| default.to_string());
-        check_header_name(&format!("headers.{field}"), &name)?;
-        Ok(name.to_ascii_lowercase())
-    };
-    let names = HeaderNames {
-        tier: pick("tier", raw.tier, "x-llm-model-type")?,
-        model: pick("model", raw.model, "x-model-id")?,
-        endpoint: pick("endpoint", raw.endpoint, "x-gateway-destination-endpoint")?,
-        prompt_tokens: pick("prompt_tokens", raw.prompt_tokens, "x-llm-prompt-tokens")?,
-    };
-    let all = names.owned();
-    for (i, a) in all.iter().enumerate() {
-        if all.iter().skip(i + 1).any(|b| a == b) {
-            return err("headers", format!("header `{a}` is used for two purposes"));
-        }
-    }
-    Ok(names)
-}
-
-fn validate_limits(field: &str, raw: &RawLimits) -> Result<Limits, ConfigError> {
-    let bucket = |rate: Option<u64>,
-                  burst: Option<u64>,
-                  rate_name: &str,
-                  burst_name: &str|
-     -> Result<Option<BucketLimit>, ConfigError> {
-        match (rate, burst) {
-            (None, None) => Ok(None),
-            (None, Some(_)) => err(
-                format!("{field}.{burst_name}"),
-                format!("needs {rate_name} to be set"),
-            ),
-            (Some(0), _) => err(
-                format!("{field}.{rate_name}"),
-                "must be at least 1 (omit it for no limit)",
-            ),
-            (Some(r), b) => {
-                let burst = b.unwrap_or(r);
-                if burst == 0 {
-                    return err(format!("{field}.{burst_name}"), "must be at least 1");
-                }
-                // Buckets store milli-units in i64; keep far away from overflow.
-                const MAX: u64 = 1 << 40;
-                if r > MAX || burst > MAX {
-                    return err(
-                        format!("{field}.{rate_name}"),
-                        format!("must be at most {MAX}"),
-                    );
-                }
-                Ok(Some(BucketLimit {
-                    per_minute: r,
-                    burst,
-                }))
-            }
-        }
-    };
-    Ok(Limits {
-        requests: bucket(
-            raw.requests_per_minute,
-            raw.burst_requests,
-            "requests_per_minute",
-            "burst_requests",
-        )?,
-        tokens: bucket(
-            raw.tokens_per_minute,
-            raw.burst_tokens,
-            "tokens_per_minute",
-            "burst_tokens",
-        )?,
-    })
-}
-
-fn validate_tenants(t: raw::RawTenants) -> Result<Tenants, ConfigError> {
-    let source = match (t.header, t.jwt_claim) {
-        (Some(h), None) => {
-            check_header_name("tenants.header", &h)?;
-            TenantSource::Header(h.to_ascii_lowercase())
-        }
-        (None, Some(c)) => {
-            if c.is_empty() {
-                return err("tenants.jwt_claim", "must not be empty");
-            }
-            TenantSource::JwtClaim {
-                claim: c,
-                payload_key: t
-                    .jwt_payload_key
-                    .unwrap_or_else(|| "jwt_payload".to_string()),
-            }
-        }
-        (Some(_), Some(_)) => {
-            return err("tenants", "set either `header` or `jwt_claim`, not both");
-        }
-        (None, None) => {
-            return err(
-                "tenants",
-                "needs `header` or `jwt_claim` to identify tenants",
-            )
-        }
-    };
-    let default = match &t.default {
-        Some(l) => validate_limits("tenants.default", l)?,
-        None => Limits {
-            requests: None,
-            tokens: None,
-        },
-    };
-    let mut limits = Vec::with_capacity(t.limits.0.len());
-    for (name, l) in &t.limits.0 {
-        if !is_label_value(name) {
-            return err(
-                format!("tenants.limits.{name}"),
-                "tenant ids must be 1-64 characters of [A-Za-z0-9_.-] (they become a metric label)",
-            );
-        }
-        if matches!(name.as_str(), "default" | "overflow") {
-            return err(
-                format!("tenants.limits.{name}"),
-                "`default` and `overflow` are reserved tenant names",
-            );
-        }
-        limits.push((
-            name.clone(),
-            validate_limits(&format!("tenants.limits.{name}"), l)?,
-        ));
-    }
-    let max_tracked_tenants = t.max_tracked_tenants.unwrap_or(DEFAULT_MAX_TRACKED_TENANTS);
-    if max_tracked_tenants > 1_000_000 {
-        return err("tenants.max_tracked_tenants", "must be at most 1000000");
-    }
-    let max_tokens_cap = t.max_tokens_cap.unwrap_or(DEFAULT_MAX_TOKENS_CAP);
-    if max_tokens_cap == 0 {
-        return err("tenants.max_tokens_cap", "must be at least 1");
-    }
-    Ok(Tenants {
-        source,
-        unknown: t.unknown.unwrap_or(UnknownTenant::Default),
-        default,
-        limits,
-        max_tracked_tenants,
-        max_tokens_cap,
-    })
-}
-
-fn validate_endpoints(e: raw::RawEndpoints, apis: &[String]) -> Result<Endpoints, ConfigError> {
-    let push_path = e
-        .push_path
-        .unwrap_or_else(|| "/.well-known/llm-router/load".to_string());
-    if !push_path.starts_with('/') {
-        return err("endpoints.push_path", "must start with '/'");
-    }
-    if apis.iter().any(|a| path_has_prefix(&push_path, a)) {
-        return err(
-            "endpoints.push_path",
-            "must not be one of the inspected `apis` paths",
-        );
-    }
-    let push_token_env = e
-        .push_token_env
-        .unwrap_or_else(|| "LLM_ROUTER_PUSH_TOKEN".to_string());
-    if push_token_env.is_empty() {
-        return err("endpoints.push_token_env", "must not be empty");
-    }
-    let stale_after_ms = e.stale_after_ms.unwrap_or(2000);
-    if stale_after_ms == 0 {
-        return err("endpoints.stale_after_ms", "must be at least 1");
-    }
-    let max_kv_cache = e.max_kv_cache.unwrap_or(0.8);
-    if !(max_kv_cache > 0.0 && max_kv_cache <= 1.0) {
-        return err("endpoints.max_kv_cache", "must be in (0, 1]");
-    }
-    if let Some(h) = &e.criticality_header {
-        check_header_name("endpoints.criticality_header", h)?;
-    }
-    Ok(Endpoints {
-        push_path,
-        push_token_env,
-        stale_after_ms,
-        max_queue: e.max_queue.unwrap_or(5),
-        max_kv_cache,
-        criticality_header: e.criticality_header.map(|h| h.to_ascii_lowercase()),
-    })
-}
-
-/// Values that may become a metric label or a header value: short, plain characters.
-fn is_label_value(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-}
-
-fn check_model_name(field: &str, m: &str) -> Result<(), ConfigError> {
-    if m.is_empty() || m.len() > 256 {
-        return err(field, "model names must be 1-256 characters");
-    }
-    // Model names are written into a request header and a metric name.
-    if !m.bytes().all(|b| b.is_ascii_graphic()) || m.contains(';') || m.contains('=') {
-        return err(
-            field,
-            "model names must be printable ASCII without spaces, ';' or '='",
-        );
-    }
-    Ok(())
-}
-
-fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(token) {
-        return err(field, format!("`{name}` is not a valid HTTP header name"));
-    }
-    Ok(())
-}
-
+#[cfg(test)]
+mod prop_tests;
 #[cfg(test)]
 mod tests;

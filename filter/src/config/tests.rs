@@ -312,3 +312,175 @@ fn error_display_names_field() {
         "invalid configuration: default_tier: unknown tier `l`"
     );
 }
+
+/// A configuration with one field replaced by `value` at `path` (a JSON pointer).
+fn with(path: &str, value: serde_json::Value) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(SPEC_EXAMPLE).unwrap();
+    let (parent, key) = path.rsplit_once('/').unwrap();
+    match v.pointer_mut(parent).unwrap() {
+        serde_json::Value::Object(m) => {
+            m.insert(key.to_string(), value);
+        }
+        serde_json::Value::Array(a) => a[key.parse::<usize>().unwrap()] = value,
+        _ => panic!("{path}"),
+    }
+    v.to_string()
+}
+
+#[test]
+fn every_configured_label_value_is_checked_by_the_metrics_validator() {
+    use serde_json::json;
+    for bad in [
+        "a;b",
+        "a=b",
+        "x.=y",
+        "has space",
+        "tab\there",
+        "caf\u{e9}",
+        "",
+        "q\"",
+        "\u{7f}",
+    ] {
+        let cases = [
+            (with("/rules/0/models/1", json!(bad)), "rules[0].models[1]"),
+            (with("/tiers/small/model", json!(bad)), "tiers.small.model"),
+            (
+                with("/models/chat-canary/targets/0/model", json!(bad)),
+                "models.chat-canary.targets[0].model",
+            ),
+        ];
+        for (config, field) in cases {
+            let e = parse_err(&config);
+            assert_eq!(e.field, field, "{bad:?}: {e}");
+            assert_eq!(
+                Some(e.reason.as_str()),
+                crate::metrics::label_value_problem(bad),
+                "{bad:?}"
+            );
+        }
+    }
+    let long = "m".repeat(257);
+    assert_eq!(
+        parse_err(&with("/rules/0/models/0", json!(long))).field,
+        "rules[0].models[0]"
+    );
+    assert!(parse(&with("/rules/0/models/0", json!("m".repeat(256)))).is_ok());
+    // '/' ':' '@' '.' are fine in a model name (org/model:tag)
+    assert!(parse(&with(
+        "/rules/0/models/0",
+        json!("meta-llama/Llama-3.1-8B:v2@x.y")
+    ))
+    .is_ok());
+    // split names, tier names and tenant names go through it as well
+    let e = parse_err(
+        r#"{"tiers": {"s": {}}, "models": {"a;b": {"targets": [{"model": "m", "weight": 1}]}}}"#,
+    );
+    assert_eq!(e.field, "models.a;b");
+    let e = parse_err(r#"{"tiers": {"s;x=.=y": {}}}"#);
+    assert_eq!(e.field, "tiers.s;x=.=y");
+    let e =
+        parse_err(r#"{"tiers": {"s": {}}, "tenants": {"header": "x-t", "limits": {"a=b": {}}}}"#);
+    assert_eq!(e.field, "tenants.limits.a=b");
+    // a name that cannot be shown as it is is quoted in the field
+    let e = parse_err("{\"tiers\": {\"a\\u0000b\": {}}}");
+    assert_eq!(e.field, "tiers.\"a\\0b\"");
+}
+
+#[test]
+fn the_tenant_header_cannot_be_one_the_filter_strips_or_a_pseudo_header() {
+    use serde_json::json;
+    for h in [
+        "x-llm-model-type",
+        "X-Model-Id",
+        "x-gateway-destination-endpoint",
+        "x-llm-prompt-tokens",
+    ] {
+        let e = parse_err(&with("/tenants/header", json!(h)));
+        assert_eq!(e.field, "tenants.header", "{h}");
+        assert!(e.reason.contains("removes the client's value"), "{e}");
+    }
+    // also when `headers` renames them
+    let mut v: serde_json::Value = serde_json::from_str(SPEC_EXAMPLE).unwrap();
+    v["headers"]["tier"] = json!("x-tenant-id");
+    assert_eq!(parse_err(&v.to_string()).field, "tenants.header");
+    for h in [":authority", ":path"] {
+        let e = parse_err(&with("/tenants/header", json!(h)));
+        assert_eq!(e.field, "tenants.header");
+        assert!(e.reason.contains("pseudo-header"), "{e}");
+    }
+    assert_eq!(
+        parse_err(&with("/tenants/header", json!("x tenant"))).field,
+        "tenants.header"
+    );
+}
+
+#[test]
+fn header_names_and_values_from_the_configuration_are_checked() {
+    use serde_json::json;
+    // the filter's own headers: tokens, and never a header that carries the request itself
+    for (field, value) in [
+        ("tier", "content-length"),
+        ("model", "Host"),
+        ("endpoint", "authorization"),
+        ("prompt_tokens", "transfer-encoding"),
+        ("tier", "x\u{e9}"),
+        ("tier", ""),
+    ] {
+        let e = parse_err(&with(&format!("/headers/{field}"), json!(value)));
+        assert_eq!(e.field, format!("headers.{field}"), "{value:?}");
+    }
+    // a rule header that the filter strips could be chosen by the client
+    let e = parse_err(&with(
+        "/rules/2/header",
+        json!({"name": "x-llm-model-type", "value": "large"}),
+    ));
+    assert_eq!(e.field, "rules[2].header.name");
+    // values that can never match
+    for v in [" premium", "premium ", "a\u{1}b", "line\nbreak"] {
+        let e = parse_err(&with(
+            "/rules/2/header",
+            json!({"name": "x-customer-tier", "value": v}),
+        ));
+        assert_eq!(e.field, "rules[2].header.value", "{v:?}");
+    }
+    // the criticality header
+    let e = parse_err(&with("/endpoints/criticality_header", json!("x-model-id")));
+    assert_eq!(e.field, "endpoints.criticality_header");
+    let e = parse_err(&with("/endpoints/criticality_header", json!("bad header")));
+    assert_eq!(e.field, "endpoints.criticality_header");
+    assert!(parse(&with("/endpoints/criticality_header", json!("x-priority"))).is_ok());
+}
+
+#[test]
+fn paths_and_names_that_could_never_match_are_refused() {
+    use serde_json::json;
+    for p in [
+        "/v1//chat",
+        "/v1/./chat",
+        "/v1/../x",
+        "/v1/chat%2Fcompletions",
+        "/v1?x",
+        "/a b",
+    ] {
+        assert_eq!(
+            parse_err(&with("/apis/0", json!(p))).field,
+            "apis[0]",
+            "{p}"
+        );
+        let e = parse_err(&with("/rules/0/path_prefix", json!(p)));
+        assert_eq!(e.field, "rules[0].path_prefix", "{p}");
+        let e = parse_err(&with("/endpoints/push_path", json!(p)));
+        assert_eq!(e.field, "endpoints.push_path", "{p}");
+    }
+    assert!(parse(&with("/apis/0", json!("/openai/deployments/v1.2/chat"))).is_ok());
+    for env in ["", "1ABC", "A-B", "A B"] {
+        let e = parse_err(&with("/endpoints/push_token_env", json!(env)));
+        assert_eq!(e.field, "endpoints.push_token_env", "{env:?}");
+    }
+    let e = parse_err(r#"{"tiers": {"s": {}}, "tenants": {"jwt_claim": ""}}"#);
+    assert_eq!(e.field, "tenants.jwt_claim");
+    let e = parse_err(
+        r#"{"tiers": {"s": {}}, "tenants": {"jwt_claim": "sub", "jwt_payload_key": ""}}"#,
+    );
+    assert_eq!(e.field, "tenants.jwt_payload_key");
+}

@@ -85,3 +85,31 @@ fn every_metric_has_a_base_name_with_prefix() {
         assert!(!m.label_names().is_empty());
     }
 }
+
+#[test]
+fn label_values_that_would_break_a_stat_name_are_refused() {
+    for ok in [
+        "small",
+        "llama-3.1-8b",
+        "meta-llama/Llama-3.1-8B:v2",
+        "a.b_c@d",
+    ] {
+        assert_eq!(label_value_problem(ok), None, "{ok}");
+    }
+    for bad in [
+        "",
+        "a;b",
+        "a=b",
+        "x.=y",
+        "a b",
+        "a\tb",
+        "a\nb",
+        "caf\u{e9}",
+        "a\"b",
+        "a\\b",
+    ] {
+        assert!(label_value_problem(bad).is_some(), "{bad:?}");
+    }
+    assert!(label_value_problem(&"m".repeat(MAX_LABEL_VALUE)).is_none());
+    assert!(label_value_problem(&"m".repeat(MAX_LABEL_VALUE + 1)).is_some());
+}

@@ -3,6 +3,7 @@
 //! memory whatever their size (see `scan`). When a stream carries no usage
 //! (`stream_options.include_usage` off), the completion text it streamed is estimated instead.
 
+mod counts;
 mod scan;
 
 use scan::Scan;
@@ -37,7 +38,8 @@ pub fn json_usage(body: &[u8]) -> Option<Usage> {
 /// non-finite or non-numeric count reads as absent (0), a huge one saturates.
 #[derive(Debug, Default)]
 pub struct JsonUsageScanner {
-    scan: Scan,
+    // Boxed: the scanner lives in per-request state that is mostly something else.
+    scan: Box<Scan>,
 }
 
 impl JsonUsageScanner {
@@ -74,7 +76,7 @@ pub struct SseScanner {
     /// Bytes of the current data line's value, and its first bytes (to see `[DONE]`).
     data_len: u64,
     head: Vec<u8>,
-    json: Scan,
+    json: Box<Scan>,
     /// The event's previous data line left its value unfinished: a `\n` joins the next one.
     join: bool,
     /// A `data:` event with content has been seen (time to first token).

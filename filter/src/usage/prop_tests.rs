@@ -137,8 +137,8 @@ fn expected_usage(doc: &Value) -> Option<Usage> {
     let u = doc.get("usage")?.as_object()?;
     let count = |k: &str| -> Option<u64> {
         match u.get(k)? {
-            Value::Number(n) => scan::lenient_count(n.to_string().as_bytes()),
-            Value::String(s) => scan::lenient_count(s.as_bytes()),
+            Value::Number(n) => counts::lenient_count(n.to_string().as_bytes()),
+            Value::String(s) => counts::lenient_count(s.as_bytes()),
             _ => None,
         }
     };

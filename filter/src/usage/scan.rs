@@ -13,6 +13,7 @@
 //! whatever the document's size or nesting. The result does not depend on how the document was
 //! split into chunks.
 
+use super::counts::{lenient_count, Counts, Field};
 use super::Usage;
 use crate::tokens::estimate_tokens;
 
@@ -41,13 +42,6 @@ impl Role {
     fn is_object(self) -> bool {
         !matches!(self, Role::Choices | Role::ToolCalls)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Field {
-    Prompt,
-    Completion,
-    Total,
 }
 
 /// What the value of the current object member is.
@@ -157,34 +151,6 @@ enum Escape {
     Backslash,
     /// `\u` and the hex digits read so far with their value.
     Hex(u8, u32),
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Counts {
-    prompt: Option<u64>,
-    completion: Option<u64>,
-    total: Option<u64>,
-}
-
-impl Counts {
-    fn set(&mut self, f: Field, v: Option<u64>) {
-        match f {
-            Field::Prompt => self.prompt = v,
-            Field::Completion => self.completion = v,
-            Field::Total => self.total = v,
-        }
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        if self.prompt.is_none() && self.completion.is_none() && self.total.is_none() {
-            return None;
-        }
-        Some(Usage {
-            prompt_tokens: self.prompt.unwrap_or(0),
-            completion_tokens: self.completion.unwrap_or(0),
-            total_tokens: self.total.unwrap_or(0),
-        })
-    }
 }
 
 #[derive(Debug)]
@@ -609,27 +575,4 @@ impl Scan {
         self.estimate = self.estimate.saturating_add(tokens);
         self.text.drain(..cut);
     }
-}
-
-/// A token count read the way Python servers read numbers: `12`, `12.0`, `1.2e1`, `"12"`.
-/// Fractions round up; negative, non-finite and non-numeric values are no count; huge ones
-/// saturate.
-pub(crate) fn lenient_count(raw: &[u8]) -> Option<u64> {
-    let s = std::str::from_utf8(raw).ok()?.trim();
-    let digits = s.strip_prefix('+').unwrap_or(s);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(digits.bytes().fold(0u64, |acc, d| {
-            acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
-        }));
-    }
-    if !s.bytes().any(|b| b.is_ascii_digit()) {
-        // "inf", "nan", "infinity": numbers to Rust, not to JSON.
-        return None;
-    }
-    let v: f64 = s.parse().ok()?;
-    if !v.is_finite() || v < 0.0 {
-        return None;
-    }
-    // `as` saturates at u64::MAX.
-    Some(v.ceil() as u64)
 }
