@@ -428,7 +428,7 @@ def test_rejected_bodies(tight):
         "not_json": (b'{"model": ', 400),
         "not_object": (b"[1, 2]", 400),
         "empty": (b"", 400),
-        "invalid_field": (b'{"model": 5, "messages": []}', 400),
+        "invalid_field": (b'{"model": "m", "max_tokens": "many", "messages": []}', 400),
         "too_large": (b'{"model": "x", "pad": "' + b"a" * (1024 * 1024 + 16) + b'"}', 413),
     }
     for reason, (body, status) in cases.items():
