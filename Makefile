@@ -35,6 +35,10 @@ test-wasm-unit: ## The filter's unit tests compiled to wasm32-wasip1 and run und
 test-host-sim: $(WASM) ## Scenarios on the real .wasm in host-sim
 	cargo test -p host-sim --release
 
+.PHONY: fuzz
+fuzz: $(WASM) ## Long fuzzing: filter property tests (LLM_ROUTER_FUZZ_ITERS) and the .wasm in host-sim (FUZZ_SECONDS, default 600; FUZZ_SEED=N)
+	@scripts/fuzz.sh
+
 validate: $(WASM) setup ## envoy --mode validate on every config in envoy-config/, on each of ENVOY_VERSIONS
 	@for v in $(ENVOY_VERSIONS); do echo "== Envoy $$v"; ENVOY_VERSION=$$v scripts/validate-envoy.sh || exit 1; done
 

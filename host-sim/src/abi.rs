@@ -114,8 +114,24 @@ pub fn serialize_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<
     out
 }
 
-/// Parses the format written by [`serialize_pairs`]. An empty input is an empty map.
+/// Parses the format written by [`serialize_pairs`], as lossy text. An empty input is an empty
+/// map.
 pub fn deserialize_pairs(data: &[u8]) -> Result<Vec<(String, String)>> {
+    Ok(deserialize_pairs_raw(data)?
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
+        .collect())
+}
+
+/// Parses the format written by [`serialize_pairs`], exact bytes. An empty input is an empty
+/// map.
+#[allow(clippy::type_complexity)]
+pub fn deserialize_pairs_raw(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     if data.is_empty() {
         return Ok(Vec::new());
     }
@@ -134,7 +150,7 @@ pub fn deserialize_pairs(data: &[u8]) -> Result<Vec<(String, String)>> {
         lens.push((word(4 + i * 8)?, word(8 + i * 8)?));
     }
     let mut at = 4 + count * 8;
-    let mut take = |len: usize| -> Result<String> {
+    let mut take = |len: usize| -> Result<Vec<u8>> {
         let Some(bytes) = data.get(at..at + len) else {
             bail!("header map string truncated at byte {at}");
         };
@@ -142,7 +158,7 @@ pub fn deserialize_pairs(data: &[u8]) -> Result<Vec<(String, String)>> {
             bail!("header map string at byte {at} is not NUL-terminated");
         }
         at += len + 1;
-        Ok(String::from_utf8_lossy(bytes).into_owned())
+        Ok(bytes.to_vec())
     };
     let mut out = Vec::with_capacity(count);
     for (kl, vl) in lens {

@@ -121,10 +121,10 @@ pub struct RequestBuilder<'h> {
     host: &'h mut Host,
     worker: usize,
     method: String,
-    path: String,
+    path: Vec<u8>,
     authority: String,
     scheme: String,
-    headers: Vec<(String, String)>,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
     chunks: Vec<Vec<u8>>,
     trailers: Option<Headers>,
     properties: Vec<(Vec<u8>, PropValue)>,
@@ -148,7 +148,7 @@ impl<'h> RequestBuilder<'h> {
             host,
             worker,
             method: "GET".into(),
-            path: "/".into(),
+            path: b"/".to_vec(),
             authority: "gateway.local".into(),
             scheme: "http".into(),
             headers: Vec::new(),
@@ -169,7 +169,13 @@ impl<'h> RequestBuilder<'h> {
     }
 
     pub fn path(mut self, p: &str) -> Self {
-        self.path = p.to_string();
+        self.path = p.as_bytes().to_vec();
+        self
+    }
+
+    /// `:path` as raw bytes (Envoy passes bytes it does not reject through unchanged).
+    pub fn path_bytes(mut self, p: impl AsRef<[u8]>) -> Self {
+        self.path = p.as_ref().to_vec();
         self
     }
 
@@ -185,14 +191,20 @@ impl<'h> RequestBuilder<'h> {
     }
 
     /// Adds a header (name lowercased).
-    pub fn header(mut self, k: &str, v: &str) -> Self {
-        self.headers.push((k.to_ascii_lowercase(), v.to_string()));
+    pub fn header(self, k: &str, v: &str) -> Self {
+        self.header_bytes(k, v)
+    }
+
+    /// Adds a header given as bytes (name lowercased ASCII-wise; obs-text kept as is).
+    pub fn header_bytes(mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) -> Self {
+        self.headers
+            .push((k.as_ref().to_ascii_lowercase(), v.as_ref().to_vec()));
         self
     }
 
     pub fn headers(mut self, hs: &[(&str, &str)]) -> Self {
         for (k, v) in hs {
-            self.headers.push((k.to_ascii_lowercase(), v.to_string()));
+            self = self.header_bytes(k, v);
         }
         self
     }
@@ -205,9 +217,9 @@ impl<'h> RequestBuilder<'h> {
 
     /// The body as JSON, plus `content-type: application/json` unless one was given.
     pub fn json(mut self, v: &serde_json::Value) -> Self {
-        if !self.headers.iter().any(|(k, _)| k == "content-type") {
+        if !self.headers.iter().any(|(k, _)| k == b"content-type") {
             self.headers
-                .push(("content-type".into(), "application/json".into()));
+                .push((b"content-type".to_vec(), b"application/json".to_vec()));
         }
         self.chunks = vec![v.to_string().into_bytes()];
         self
@@ -226,7 +238,11 @@ impl<'h> RequestBuilder<'h> {
         self
     }
 
-    pub fn trailer(mut self, k: &str, v: &str) -> Self {
+    pub fn trailer(self, k: &str, v: &str) -> Self {
+        self.trailer_bytes(k, v)
+    }
+
+    pub fn trailer_bytes(mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) -> Self {
         self.trailers.get_or_insert_with(Headers::new).add(k, v);
         self
     }
@@ -349,7 +365,7 @@ impl<'h> RequestBuilder<'h> {
             h.add(k, v);
         }
         if content_length && !body.is_empty() && !h.contains("content-length") {
-            h.add("content-length", &body.len().to_string());
+            h.add("content-length", body.len().to_string());
         }
         let mut s = StreamState {
             original_request_headers: h.clone(),
@@ -681,7 +697,7 @@ impl Drop for Exchange<'_> {
 pub struct ResponseBuilder<'e, 'h> {
     ex: &'e mut Exchange<'h>,
     status: u32,
-    headers: Vec<(String, String)>,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
     chunks: Vec<(u64, Vec<u8>)>,
     trailers: Option<Headers>,
     keep_open: bool,
@@ -695,8 +711,14 @@ impl ResponseBuilder<'_, '_> {
         self
     }
 
-    pub fn header(mut self, k: &str, v: &str) -> Self {
-        self.headers.push((k.to_ascii_lowercase(), v.to_string()));
+    pub fn header(self, k: &str, v: &str) -> Self {
+        self.header_bytes(k, v)
+    }
+
+    /// A response header given as bytes (name lowercased ASCII-wise).
+    pub fn header_bytes(mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) -> Self {
+        self.headers
+            .push((k.as_ref().to_ascii_lowercase(), v.as_ref().to_vec()));
         self
     }
 
@@ -714,10 +736,8 @@ impl ResponseBuilder<'_, '_> {
     /// A JSON body (one chunk) with `content-type: application/json` and `content-length`.
     pub fn json(mut self, v: &serde_json::Value) -> Self {
         let body = v.to_string().into_bytes();
-        self.headers
-            .push(("content-type".into(), "application/json".into()));
-        self.headers
-            .push(("content-length".into(), body.len().to_string()));
+        self = self.header("content-type", "application/json");
+        self = self.header("content-length", &body.len().to_string());
         self.chunks.push((0, body));
         self
     }
@@ -725,8 +745,7 @@ impl ResponseBuilder<'_, '_> {
     /// Server-sent events, one chunk per event (`data: <event>\n\n`), `delay_ms` apart, with
     /// `content-type: text/event-stream`. Strings are sent as-is; other JSON is serialized.
     pub fn sse(mut self, events: &[serde_json::Value], delay_ms: u64) -> Self {
-        self.headers
-            .push(("content-type".into(), "text/event-stream".into()));
+        self = self.header("content-type", "text/event-stream");
         for e in events {
             let text = match e {
                 serde_json::Value::String(s) => s.clone(),
@@ -738,7 +757,11 @@ impl ResponseBuilder<'_, '_> {
         self
     }
 
-    pub fn trailer(mut self, k: &str, v: &str) -> Self {
+    pub fn trailer(self, k: &str, v: &str) -> Self {
+        self.trailer_bytes(k, v)
+    }
+
+    pub fn trailer_bytes(mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) -> Self {
         self.trailers.get_or_insert_with(Headers::new).add(k, v);
         self
     }
@@ -773,7 +796,7 @@ impl ResponseBuilder<'_, '_> {
             }
         }
         let mut h = Headers::new();
-        h.add(":status", &status.to_string());
+        h.add(":status", status.to_string());
         for (k, v) in &headers {
             h.add(k, v);
         }
@@ -1167,15 +1190,15 @@ impl Host {
         s.local_reply = Some(lr.clone());
         s.response_code = Some(lr.status);
         let mut h = Headers::new();
-        h.add(":status", &lr.status.to_string());
-        for (k2, v) in lr.headers.iter() {
+        h.add(":status", lr.status.to_string());
+        for (k2, v) in lr.headers.iter_bytes() {
             h.add(k2, v);
         }
         if !lr.body.is_empty() {
             if !h.contains("content-type") {
                 h.add("content-type", "text/plain");
             }
-            h.set("content-length", &lr.body.len().to_string());
+            h.set("content-length", lr.body.len().to_string());
         }
         if s.response.started {
             if s.response.out_headers.is_some() {

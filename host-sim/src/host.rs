@@ -741,7 +741,7 @@ impl Host {
         body: &[u8],
     ) -> Result<()> {
         let mut h = Headers::new();
-        h.add(":status", &status.to_string());
+        h.add(":status", status.to_string());
         for (k, v) in headers {
             h.add(k, v);
         }

@@ -368,13 +368,14 @@ fn proxy_get_header_map_pairs(mut c: C, t: i32, ptr_ptr: i32, size_ptr: i32) -> 
         Ok(h) => h,
         Err(s) => return st(s),
     };
-    let bytes = abi::serialize_pairs(&h.0);
+    let pairs: Vec<(&[u8], &[u8])> = h.iter_bytes().collect();
+    let bytes = abi::serialize_pairs(&pairs);
     copy_out(&mut c, &bytes, ptr_ptr, size_ptr)
 }
 
 fn proxy_set_header_map_pairs(mut c: C, t: i32, ptr: i32, len: i32) -> R {
     let data = read_or_fail!(&mut c, ptr, len);
-    let Ok(pairs) = abi::deserialize_pairs(&data) else {
+    let Ok(pairs) = abi::deserialize_pairs_raw(&data) else {
         return st(Status::ParseFailure);
     };
     let what = format!("set all {}", map_name(t));
@@ -391,37 +392,47 @@ fn proxy_get_header_map_value(
     ptr_ptr: i32,
     size_ptr: i32,
 ) -> R {
-    let key = str_or_fail!(&mut c, kp, kl);
+    let key = read_or_fail!(&mut c, kp, kl);
     let h = match map_read(c.data(), t) {
         Ok(h) => h,
         Err(s) => return st(s),
     };
-    match h.get(&key) {
+    match h.get_bytes(&key) {
         Some(v) => {
-            let v = v.to_string();
-            copy_out(&mut c, v.as_bytes(), ptr_ptr, size_ptr)
+            let v = v.to_vec();
+            copy_out(&mut c, &v, ptr_ptr, size_ptr)
         }
         None => st(Status::NotFound),
     }
 }
 
 fn proxy_remove_header_map_value(mut c: C, t: i32, kp: i32, kl: i32) -> R {
-    let key = str_or_fail!(&mut c, kp, kl);
-    let what = format!("remove {} {key}", map_name(t));
+    let key = read_or_fail!(&mut c, kp, kl);
+    let what = format!("remove {} {}", map_name(t), String::from_utf8_lossy(&key));
     st(map_write(c.data_mut(), t, &what, |h| h.remove(&key)))
 }
 
 fn proxy_replace_header_map_value(mut c: C, t: i32, kp: i32, kl: i32, vp: i32, vl: i32) -> R {
-    let key = str_or_fail!(&mut c, kp, kl);
-    let value = str_or_fail!(&mut c, vp, vl);
-    let what = format!("replace {} {key}: {value}", map_name(t));
+    let key = read_or_fail!(&mut c, kp, kl);
+    let value = read_or_fail!(&mut c, vp, vl);
+    let what = format!(
+        "replace {} {}: {}",
+        map_name(t),
+        String::from_utf8_lossy(&key),
+        String::from_utf8_lossy(&value)
+    );
     st(map_write(c.data_mut(), t, &what, |h| h.set(&key, &value)))
 }
 
 fn proxy_add_header_map_value(mut c: C, t: i32, kp: i32, kl: i32, vp: i32, vl: i32) -> R {
-    let key = str_or_fail!(&mut c, kp, kl);
-    let value = str_or_fail!(&mut c, vp, vl);
-    let what = format!("add {} {key}: {value}", map_name(t));
+    let key = read_or_fail!(&mut c, kp, kl);
+    let value = read_or_fail!(&mut c, vp, vl);
+    let what = format!(
+        "add {} {}: {}",
+        map_name(t),
+        String::from_utf8_lossy(&key),
+        String::from_utf8_lossy(&value)
+    );
     st(map_write(c.data_mut(), t, &what, |h| h.add(&key, &value)))
 }
 
@@ -460,19 +471,21 @@ pub(crate) fn lookup_property(d: &VmState, path: &[u8]) -> Option<Vec<u8>> {
     drop(shared);
     let s = stream?;
     let req = &s.request.headers;
-    let header = |name: &str| req.get(name).map(|v| v.as_bytes().to_vec());
+    let header = |name: &str| req.get_bytes(name).map(<[u8]>::to_vec);
+    let path_part = |query: bool| {
+        req.get_bytes(":path").map(|p| {
+            let q = p.iter().position(|&b| b == b'?').unwrap_or(p.len());
+            if query {
+                p.get(q + 1..).unwrap_or_default().to_vec()
+            } else {
+                p[..q].to_vec()
+            }
+        })
+    };
     match segs.as_slice() {
         ["request", "path"] => header(":path"),
-        ["request", "url_path"] => req
-            .get(":path")
-            .map(|p| p.split('?').next().unwrap_or("").as_bytes().to_vec()),
-        ["request", "query"] => req.get(":path").map(|p| {
-            p.split_once('?')
-                .map(|x| x.1)
-                .unwrap_or("")
-                .as_bytes()
-                .to_vec()
-        }),
+        ["request", "url_path"] => path_part(false),
+        ["request", "query"] => path_part(true),
         ["request", "method"] => header(":method"),
         ["request", "host"] => header(":authority"),
         ["request", "scheme"] => header(":scheme"),
@@ -481,9 +494,7 @@ pub(crate) fn lookup_property(d: &VmState, path: &[u8]) -> Option<Vec<u8>> {
         ["request", "referer"] => header("referer"),
         ["request", "headers", name] => header(name),
         ["response", "code"] => s.response_code.map(|c| PropValue::Int(c as i64).encode()),
-        ["response", "headers", name] => {
-            s.response.headers.get(name).map(|v| v.as_bytes().to_vec())
-        }
+        ["response", "headers", name] => s.response.headers.get_bytes(name).map(<[u8]>::to_vec),
         ["metadata", "filter_metadata", filter, rest @ ..] => {
             let root = s.filter_metadata.get(*filter)?;
             walk_json(root, rest).map(|v| PropValue::from_json(v).encode())
@@ -693,7 +704,7 @@ fn proxy_send_local_response(
     let details = str_or_fail!(&mut c, dp, dl);
     let body = read_or_fail!(&mut c, bp, bl);
     let hdata = read_or_fail!(&mut c, hp, hl);
-    let Ok(pairs) = abi::deserialize_pairs(&hdata) else {
+    let Ok(pairs) = abi::deserialize_pairs_raw(&hdata) else {
         return st(Status::ParseFailure);
     };
     let d = c.data_mut();
@@ -736,8 +747,8 @@ fn proxy_http_call(
     let body = read_or_fail!(&mut c, bp, bl);
     let tdata = read_or_fail!(&mut c, tp, tl);
     let (Ok(headers), Ok(trailers)) = (
-        abi::deserialize_pairs(&hdata),
-        abi::deserialize_pairs(&tdata),
+        abi::deserialize_pairs_raw(&hdata),
+        abi::deserialize_pairs_raw(&tdata),
     ) else {
         return st(Status::ParseFailure);
     };

@@ -31,6 +31,7 @@
 
 pub mod abi;
 mod exchange;
+pub mod fuzz;
 mod host;
 mod hostcalls;
 pub mod metrics;

@@ -1,11 +1,13 @@
-//! `host-sim` command line: replay JSONL traffic through the filter in the simulated host.
+//! `host-sim` command line: replay JSONL traffic through the filter in the simulated host, or
+//! fuzz it (`host-sim fuzz`, see `host_sim::fuzz`).
 
 use anyhow::{bail, Context as _, Result};
 use host_sim::replay::{run, ReplayOptions};
 
 const USAGE: &str =
     "usage: host-sim replay --wasm FILE --config PLUGIN.json --requests TRAFFIC.jsonl \
-[--workers N] [--seed S] [--env KEY=VALUE]... [--no-stop-iteration]";
+[--workers N] [--seed S] [--env KEY=VALUE]... [--no-stop-iteration]
+       host-sim fuzz --help";
 
 fn main() {
     match real_main() {
@@ -21,6 +23,13 @@ fn real_main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("replay") => {}
+        Some("fuzz") => {
+            let code = host_sim::fuzz::cli::main(&args[1..])?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            return Ok(());
+        }
         Some("-h") | Some("--help") | None => {
             println!("{USAGE}");
             return Ok(());

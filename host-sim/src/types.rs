@@ -2,43 +2,86 @@
 
 use crate::abi::LogLevel;
 
+/// One header field: the bytes as they travel (Envoy passes obs-text bytes 0x80-0xFF through in
+/// values, and keeps names as received after lowercasing), plus a lossy text view of each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Field {
+    name: Vec<u8>,
+    value: Vec<u8>,
+    name_text: String,
+    value_text: String,
+}
+
+impl Field {
+    fn new(name: &[u8], value: &[u8]) -> Field {
+        let name = name.to_ascii_lowercase();
+        Field {
+            name_text: String::from_utf8_lossy(&name).into_owned(),
+            value_text: String::from_utf8_lossy(value).into_owned(),
+            name,
+            value: value.to_vec(),
+        }
+    }
+
+    fn is(&self, name: &[u8]) -> bool {
+        self.name.eq_ignore_ascii_case(name)
+    }
+}
+
 /// An ordered header list with case-insensitive lookup. Names are stored lowercased, as Envoy
-/// stores them.
+/// stores them. Names and values are bytes; the `&str` accessors show a lossy UTF-8 view
+/// (U+FFFD for invalid bytes), the `*_bytes` accessors the exact bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(pub Vec<(String, String)>);
+pub struct Headers(Vec<Field>);
 
 impl Headers {
     pub fn new() -> Headers {
         Headers(Vec::new())
     }
 
-    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Headers {
+    pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Headers {
         Headers(
             pairs
                 .iter()
-                .map(|(k, v)| (k.as_ref().to_ascii_lowercase(), v.as_ref().to_string()))
+                .map(|(k, v)| Field::new(k.as_ref(), v.as_ref()))
                 .collect(),
         )
     }
 
-    /// First value of `name` (Envoy's `proxy_get_header_map_value` returns the first too).
+    /// First value of `name` (Envoy's `proxy_get_header_map_value` returns the first too), as
+    /// lossy text.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.field(name.as_bytes()).map(|f| f.value_text.as_str())
+    }
+
+    /// First value of `name`, exact bytes.
+    pub fn get_bytes(&self, name: impl AsRef<[u8]>) -> Option<&[u8]> {
+        self.field(name.as_ref()).map(|f| f.value.as_slice())
+    }
+
+    fn field(&self, name: &[u8]) -> Option<&Field> {
+        self.0.iter().find(|f| f.is(name))
     }
 
     pub fn get_all(&self, name: &str) -> Vec<&str> {
         self.0
             .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .filter(|f| f.is(name.as_bytes()))
+            .map(|f| f.value_text.as_str())
             .collect()
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.get(name).is_some()
+    pub fn get_all_bytes(&self, name: impl AsRef<[u8]>) -> Vec<&[u8]> {
+        let name = name.as_ref();
+        self.0
+            .iter()
+            .filter(|f| f.is(name))
+            .map(|f| f.value.as_slice())
+            .collect()
+    }
+
+    pub fn contains(&self, name: impl AsRef<[u8]>) -> bool {
+        self.field(name.as_ref()).is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -49,51 +92,71 @@ impl Headers {
         self.0.is_empty()
     }
 
+    /// (name, value) in order, as lossy text.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.0
+            .iter()
+            .map(|f| (f.name_text.as_str(), f.value_text.as_str()))
+    }
+
+    /// (name, value) in order, exact bytes.
+    pub fn iter_bytes(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.0
+            .iter()
+            .map(|f| (f.name.as_slice(), f.value.as_slice()))
+    }
+
+    /// Every pair as lossy text (for comparisons in tests).
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.0
+            .iter()
+            .map(|f| (f.name_text.clone(), f.value_text.clone()))
+            .collect()
     }
 
     /// Appends a value (Envoy `addCopy`).
-    pub fn add(&mut self, name: &str, value: &str) {
-        self.0.push((name.to_ascii_lowercase(), value.to_string()));
+    pub fn add(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.0.push(Field::new(name.as_ref(), value.as_ref()));
     }
 
     /// Replaces every value of `name` by one value, in place of the first (Envoy `setCopy`).
-    pub fn set(&mut self, name: &str, value: &str) {
-        let lower = name.to_ascii_lowercase();
-        if let Some(pos) = self.0.iter().position(|(k, _)| *k == lower) {
-            self.0[pos].1 = value.to_string();
+    pub fn set(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let field = Field::new(name.as_ref(), value.as_ref());
+        if let Some(pos) = self.0.iter().position(|f| f.name == field.name) {
+            let lower = field.name.clone();
+            self.0[pos] = field;
             let mut i = 0;
-            self.0.retain(|(k, _)| {
-                let keep = *k != lower || i == pos;
+            self.0.retain(|f| {
+                let keep = f.name != lower || i == pos;
                 i += 1;
                 keep
             });
         } else {
-            self.0.push((lower, value.to_string()));
+            self.0.push(field);
         }
     }
 
     /// Removes every value of `name`.
-    pub fn remove(&mut self, name: &str) {
-        self.0.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    pub fn remove(&mut self, name: impl AsRef<[u8]>) {
+        let name = name.as_ref();
+        self.0.retain(|f| !f.is(name));
     }
 
     /// Changes from `before` to `self`: (set or changed headers with their new values, removed
-    /// header names). Compared by name on the first value.
+    /// header names), as lossy text. Compared by name on the exact values.
     pub fn diff(&self, before: &Headers) -> (Vec<(String, String)>, Vec<String>) {
-        let mut set = Vec::new();
-        for (k, v) in &self.0 {
-            if before.get_all(k) != self.get_all(k)
-                && !set.iter().any(|(sk, _): &(String, String)| sk == k)
+        let mut set: Vec<(String, String)> = Vec::new();
+        for f in &self.0 {
+            if before.get_all_bytes(&f.name) != self.get_all_bytes(&f.name)
+                && !set.iter().any(|(sk, _)| *sk == f.name_text)
             {
-                set.push((k.clone(), v.clone()));
+                set.push((f.name_text.clone(), f.value_text.clone()));
             }
         }
         let mut removed: Vec<String> = Vec::new();
-        for (k, _) in &before.0 {
-            if !self.contains(k) && !removed.contains(k) {
-                removed.push(k.clone());
+        for f in &before.0 {
+            if !self.contains(&f.name) && !removed.contains(&f.name_text) {
+                removed.push(f.name_text.clone());
             }
         }
         (set, removed)
