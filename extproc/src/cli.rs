@@ -1,0 +1,190 @@
+//! Command line: `llm-router-extproc --wasm FILE --plugin-config FILE [--grpc-addr ADDR]
+//! [--health-addr ADDR] [--metrics-addr ADDR] [--plaintext | --tls-cert F --tls-key F]
+//! [--workers N] [--env NAME]... [--fail-open] [--drain-seconds N]`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub const USAGE: &str = "usage: llm-router-extproc --wasm FILE --plugin-config FILE \
+[--grpc-addr ADDR] [--health-addr ADDR] [--metrics-addr ADDR] \
+[--plaintext | --tls-cert FILE --tls-key FILE] [--workers N] [--env NAME]... \
+[--fail-open] [--drain-seconds N] [--memory-limit-mb N]";
+
+/// How the gRPC listeners speak.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// A self-signed certificate generated at start (gateways connect without verification).
+    SelfSigned,
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    Plaintext,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub wasm: PathBuf,
+    pub plugin_config: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub health_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub tls: Tls,
+    pub workers: usize,
+    /// Names of environment variables passed to the module (Envoy's `host_env_keys`).
+    pub env: Vec<String>,
+    /// A stream whose VM trapped passes through unchanged instead of getting a 503.
+    pub fail_open: bool,
+    /// How long open streams may run after SIGTERM.
+    pub drain_seconds: u64,
+    pub memory_limit_mb: usize,
+}
+
+/// A command-line problem; the message names the flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CliError {
+    Help,
+    Missing(&'static str),
+    NoValue(String),
+    Invalid {
+        flag: String,
+        value: String,
+        why: String,
+    },
+    Unknown(String),
+    Conflict(String),
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Help => f.write_str(USAGE),
+            CliError::Missing(flag) => write!(f, "{flag} is required\n{USAGE}"),
+            CliError::NoValue(flag) => write!(f, "{flag} needs a value"),
+            CliError::Invalid { flag, value, why } => write!(f, "{flag} {value:?}: {why}"),
+            CliError::Unknown(arg) => write!(f, "unknown argument {arg:?}\n{USAGE}"),
+            CliError::Conflict(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for CliError {}
+
+fn addr(flag: &str, value: &str) -> Result<SocketAddr, CliError> {
+    value.parse().map_err(|_| CliError::Invalid {
+        flag: flag.to_string(),
+        value: value.to_string(),
+        why: "expected IP:PORT, e.g. 127.0.0.1:9002".into(),
+    })
+}
+
+fn number(flag: &str, value: &str, min: u64, max: u64) -> Result<u64, CliError> {
+    match value.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(CliError::Invalid {
+            flag: flag.to_string(),
+            value: value.to_string(),
+            why: format!("expected a whole number from {min} to {max}"),
+        }),
+    }
+}
+
+fn env_name(value: &str) -> Result<String, CliError> {
+    let ok = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !value.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(CliError::Invalid {
+            flag: "--env".into(),
+            value: value.to_string(),
+            why: "expected an environment variable name (letters, digits, _)".into(),
+        })
+    }
+}
+
+/// Parses the arguments after the program name.
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliError> {
+    let mut args = args.into_iter();
+    let (mut wasm, mut config, mut cert, mut key) = (None, None, None, None);
+    let mut opts = Options {
+        wasm: PathBuf::new(),
+        plugin_config: PathBuf::new(),
+        grpc_addr: addr("--grpc-addr", "127.0.0.1:9002")?,
+        health_addr: addr("--health-addr", "127.0.0.1:9003")?,
+        metrics_addr: addr("--metrics-addr", "127.0.0.1:9090")?,
+        tls: Tls::SelfSigned,
+        workers: 2,
+        env: Vec::new(),
+        fail_open: false,
+        drain_seconds: 30,
+        memory_limit_mb: 256,
+    };
+    let mut plaintext = false;
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let takes_value = !matches!(
+            flag.as_str(),
+            "--plaintext" | "--fail-open" | "--help" | "-h"
+        );
+        let value = if takes_value {
+            match inline.or_else(|| args.next()) {
+                Some(v) => v,
+                None => return Err(CliError::NoValue(flag)),
+            }
+        } else {
+            String::new()
+        };
+        match flag.as_str() {
+            "--help" | "-h" => return Err(CliError::Help),
+            "--wasm" => wasm = Some(PathBuf::from(value)),
+            "--plugin-config" => config = Some(PathBuf::from(value)),
+            "--grpc-addr" => opts.grpc_addr = addr(&flag, &value)?,
+            "--health-addr" => opts.health_addr = addr(&flag, &value)?,
+            "--metrics-addr" => opts.metrics_addr = addr(&flag, &value)?,
+            "--tls-cert" => cert = Some(PathBuf::from(value)),
+            "--tls-key" => key = Some(PathBuf::from(value)),
+            "--plaintext" => plaintext = true,
+            "--fail-open" => opts.fail_open = true,
+            "--workers" => opts.workers = number(&flag, &value, 1, 256)? as usize,
+            "--drain-seconds" => opts.drain_seconds = number(&flag, &value, 0, 3600)?,
+            "--memory-limit-mb" => {
+                opts.memory_limit_mb = number(&flag, &value, 16, 65536)? as usize
+            }
+            "--env" => opts.env.push(env_name(&value)?),
+            _ => return Err(CliError::Unknown(arg)),
+        }
+    }
+    opts.wasm = wasm.ok_or(CliError::Missing("--wasm"))?;
+    opts.plugin_config = config.ok_or(CliError::Missing("--plugin-config"))?;
+    opts.tls = match (plaintext, cert, key) {
+        (true, None, None) => Tls::Plaintext,
+        (true, _, _) => {
+            return Err(CliError::Conflict(
+                "--plaintext cannot be combined with --tls-cert/--tls-key".into(),
+            ))
+        }
+        (false, Some(cert), Some(key)) => Tls::Files { cert, key },
+        (false, Some(_), None) => return Err(CliError::Missing("--tls-key")),
+        (false, None, Some(_)) => return Err(CliError::Missing("--tls-cert")),
+        (false, None, None) => Tls::SelfSigned,
+    };
+    let addrs = [opts.grpc_addr, opts.health_addr, opts.metrics_addr];
+    if addrs[0] == addrs[1] || addrs[0] == addrs[2] || addrs[1] == addrs[2] {
+        return Err(CliError::Conflict(
+            "--grpc-addr, --health-addr and --metrics-addr must differ".into(),
+        ));
+    }
+    Ok(opts)
+}
+
+#[cfg(test)]
+#[path = "cli_tests.rs"]
+mod tests;
