@@ -66,7 +66,10 @@ pub fn served_endpoint(metadata: &Metadata) -> Option<String> {
 /// attributes Envoy was told to send (`source.address`, `destination.address`), and every
 /// forwarded metadata namespace as `metadata.filter_metadata.<ns>.<key>[.<key>]` properties
 /// (how the filter reads jwt_authn claims in Envoy).
-pub fn stream_props(first: &ProcessingRequest, peer: Option<String>) -> StreamProps {
+///
+/// The gRPC peer is the gateway, not the client: it is never given as the source address
+/// (a client request through a gateway on loopback must not look like a local push).
+pub fn stream_props(first: &ProcessingRequest) -> StreamProps {
     let attrs = first.attributes.get(ATTRIBUTES_NAMESPACE);
     let attr = |name: &str| attrs.and_then(|a| a.fields.get(name)).and_then(scalar_text);
     let mut properties = Vec::new();
@@ -81,7 +84,7 @@ pub fn stream_props(first: &ProcessingRequest, peer: Option<String>) -> StreamPr
         }
     }
     StreamProps {
-        source_address: attr("source.address").or(peer),
+        source_address: attr("source.address"),
         destination_address: attr("destination.address"),
         properties,
     }
@@ -108,5 +111,93 @@ fn scalar_text(value: &Value) -> Option<String> {
         }
         Some(Kind::NumberValue(n)) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn s(v: &str) -> Value {
+        Value {
+            kind: Some(Kind::StringValue(v.into())),
+        }
+    }
+
+    fn st(fields: Vec<(&str, Value)>) -> Struct {
+        Struct {
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn jwt_claims_and_attributes_become_properties_and_the_peer_is_never_the_source() {
+        let payload = Value {
+            kind: Some(Kind::StructValue(st(vec![
+                ("sub", s("acme")),
+                (
+                    "n",
+                    Value {
+                        kind: Some(Kind::NumberValue(3.0)),
+                    },
+                ),
+            ]))),
+        };
+        let first = ProcessingRequest {
+            metadata_context: Some(Metadata {
+                filter_metadata: HashMap::from([(
+                    "envoy.filters.http.jwt_authn".to_string(),
+                    st(vec![("payload", payload)]),
+                )]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let props = stream_props(&first);
+        assert_eq!(props.source_address, None);
+        let path = |claim: &str| -> Vec<String> {
+            [
+                "metadata",
+                "filter_metadata",
+                "envoy.filters.http.jwt_authn",
+                "payload",
+                claim,
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        assert!(props.properties.contains(&(path("sub"), b"acme".to_vec())));
+        assert!(props.properties.contains(&(path("n"), b"3".to_vec())));
+
+        let mut with_attrs = first.clone();
+        with_attrs.attributes.insert(
+            "envoy.filters.http.ext_proc".into(),
+            st(vec![("source.address", s("192.0.2.1:5555"))]),
+        );
+        assert_eq!(
+            stream_props(&with_attrs).source_address.as_deref(),
+            Some("192.0.2.1:5555")
+        );
+    }
+
+    #[test]
+    fn subset_hint_accepts_a_list_or_a_comma_string() {
+        let md = |v: Value| Metadata {
+            filter_metadata: HashMap::from([(
+                SUBSET_NAMESPACE.to_string(),
+                st(vec![(SUBSET_KEY, v)]),
+            )]),
+            ..Default::default()
+        };
+        assert_eq!(
+            subset_hint(&md(s("10.0.0.1:80, 10.0.0.2:80"))),
+            Some(vec!["10.0.0.1:80".to_string(), "10.0.0.2:80".to_string()])
+        );
+        assert_eq!(subset_hint(&Metadata::default()), None);
     }
 }

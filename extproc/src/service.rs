@@ -63,10 +63,9 @@ impl<E: FilterEngine> ExternalProcessor for ExtProc<E> {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let peer = request.remote_addr().map(|a| a.to_string());
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(run_stream(self.shared.clone(), inbound, tx, peer));
+        tokio::spawn(run_stream(self.shared.clone(), inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -85,7 +84,6 @@ async fn run_stream<E: FilterEngine>(
     shared: Arc<Shared<E>>,
     mut inbound: Streaming<ProcessingRequest>,
     tx: Tx,
-    peer: Option<String>,
 ) {
     let counters = &shared.counters;
     counters.inc(|c| &c.streams);
@@ -110,10 +108,9 @@ async fn run_stream<E: FilterEngine>(
             }
         };
         let worker = shared.clone();
-        let peer = peer.clone();
         let current = session.take();
         let handled = tokio::task::spawn_blocking(move || {
-            let mut s = current.unwrap_or_else(|| open(&worker, &message, peer));
+            let mut s = current.unwrap_or_else(|| open(&worker, &message));
             let out = s.handle(message);
             (s, out)
         })
@@ -139,12 +136,8 @@ async fn run_stream<E: FilterEngine>(
     }
 }
 
-fn open<E: FilterEngine>(
-    shared: &Shared<E>,
-    first: &ProcessingRequest,
-    peer: Option<String>,
-) -> Session<E::Stream> {
-    let stream = shared.engine.open_stream(props::stream_props(first, peer));
+fn open<E: FilterEngine>(shared: &Shared<E>, first: &ProcessingRequest) -> Session<E::Stream> {
+    let stream = shared.engine.open_stream(props::stream_props(first));
     let options = ProtocolOptions {
         endpoint_header: shared.facts().endpoint_header,
     };
