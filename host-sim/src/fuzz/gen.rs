@@ -1,19 +1,13 @@
 //! Case generator: request line, headers, chunking, cancels and the response around a body
 //! from [`super::gen_body`].
 
-use super::case::{Bytes, Cancel, Case, Pairs, Response};
+use super::case::{Bytes, Cancel, Case, Pairs};
 use super::facts::Facts;
 use super::gen_body;
+use super::gen_wire::{cuts, pair, random_pairs, shuffle, value_bytes, ENDPOINTS};
 use super::rng::Rng;
 use super::PUSH_TOKEN;
 
-/// Addresses the fuzzer's load pushes use (and some spoofed endpoint values reuse).
-pub const ENDPOINTS: &[&str] = &[
-    "10.1.0.1:8000",
-    "10.1.0.2:8000",
-    "10.2.0.1:8000",
-    "10.2.0.2:8000",
-];
 const TENANTS: &[&str] = &["acme", "team-a", "team-b"];
 
 /// One case. Every choice comes from `rng`, so (seed, index) rebuilds it. `tempo` (the seed
@@ -78,10 +72,6 @@ fn base(method: &str, path: Vec<u8>) -> Case {
         cancel: Cancel::Never,
         response: None,
     }
-}
-
-fn pair(k: &str, v: impl AsRef<[u8]>) -> (Bytes, Bytes) {
-    (Bytes::from(k), Bytes(v.as_ref().to_vec()))
 }
 
 /// `cheap_in_5`: how many API requests in 5 are small and well-formed.
@@ -251,64 +241,6 @@ pub fn path_variant(rng: &mut Rng, api: &str) -> Vec<u8> {
     p
 }
 
-/// Header values as Envoy may pass them: printable ASCII, obs-text, empty, sometimes huge.
-pub fn value_bytes(rng: &mut Rng) -> Vec<u8> {
-    let n = match rng.below(40) {
-        0 => rng.range(4096, 65536) as usize,
-        1..=4 => 0,
-        _ => rng.len(64),
-    };
-    let mode = rng.below(4);
-    (0..n)
-        .map(|_| match mode {
-            0 => rng.range(0x20, 0x7e) as u8,
-            1 => rng.range(0x80, 0xff) as u8,
-            2 => {
-                if rng.chance(1, 3) {
-                    rng.range(0x80, 0xff) as u8
-                } else {
-                    rng.range(0x21, 0x7e) as u8
-                }
-            }
-            _ => match rng.byte() {
-                0 | b'\r' | b'\n' => b'x',
-                b => b,
-            },
-        })
-        .collect()
-}
-
-fn name_bytes(rng: &mut Rng) -> Vec<u8> {
-    const TCHAR: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-_!#$%&'*+.^`|~ABCXYZ";
-    match rng.below(20) {
-        0 => Vec::new(),
-        1 => (0..rng.range(1, 12))
-            .map(|_| rng.range(0x80, 0xff) as u8)
-            .collect(),
-        2 => (0..rng.range(1, 12))
-            .map(|_| rng.range(1, 0xff) as u8)
-            .collect(),
-        3 => rng
-            .pick(&[
-                &b":path"[..],
-                b":method",
-                b":authority",
-                b"content-length",
-                b"x-tenant-id",
-            ])
-            .to_vec(),
-        _ => (0..rng.range(1, 24))
-            .map(|_| rng.pick_copy(TCHAR))
-            .collect(),
-    }
-}
-
-fn random_pairs(rng: &mut Rng, n: usize) -> Pairs {
-    (0..n)
-        .map(|_| (Bytes(name_bytes(rng)), Bytes(value_bytes(rng))))
-        .collect()
-}
-
 fn request_headers(rng: &mut Rng, facts: &Facts, body_len: usize) -> Pairs {
     let mut h: Pairs = Vec::new();
     match rng.below(20) {
@@ -395,66 +327,5 @@ fn spoof(rng: &mut Rng, facts: &Facts, h: &mut Pairs) {
             };
             h.push(pair(&shown, v));
         }
-    }
-}
-
-/// Chunk boundaries for a body of `len` bytes.
-pub fn cuts(rng: &mut Rng, len: usize) -> Vec<usize> {
-    if len < 2 {
-        return Vec::new();
-    }
-    let n = match rng.below(20) {
-        0..=7 => 0,
-        8..=14 => rng.range(1, 3) as usize,
-        15..=18 => rng.range(4, 31) as usize,
-        _ => (len - 1).min(64),
-    };
-    if n + 1 >= len {
-        return (1..len).collect();
-    }
-    let mut v: Vec<usize> = (0..n).map(|_| 1 + rng.below_usize(len - 1)).collect();
-    v.sort_unstable();
-    v.dedup();
-    v
-}
-
-fn shuffle<T>(rng: &mut Rng, v: &mut [T]) {
-    for i in (1..v.len()).rev() {
-        let j = rng.below_usize(i + 1);
-        v.swap(i, j);
-    }
-}
-
-/// Response headers: status aside, content type as given plus random extra headers.
-pub fn response_headers(rng: &mut Rng, content_type: &[u8], body_len: usize) -> Pairs {
-    let mut h: Pairs = Vec::new();
-    if !content_type.is_empty() {
-        h.push(pair("content-type", content_type));
-    }
-    if rng.chance(1, 2) {
-        h.push(pair("content-length", body_len.to_string()));
-    }
-    if rng.chance(1, 5) {
-        h.push(pair("server", b"vllm \xa1\xb1"));
-    }
-    if rng.chance(1, 4) {
-        let n = rng.range(1, 8) as usize;
-        h.extend(random_pairs(rng, n));
-    }
-    h
-}
-
-/// The model server's answer to `request_body`.
-pub fn wrap_response(rng: &mut Rng, status: u32, content_type: &[u8], body: Vec<u8>) -> Response {
-    Response {
-        status,
-        headers: response_headers(rng, content_type, body.len()),
-        cuts: cuts(rng, body.len()),
-        trailers: if rng.chance(3, 100) {
-            Some(random_pairs(rng, 1))
-        } else {
-            None
-        },
-        body: Bytes(body),
     }
 }

@@ -4,7 +4,7 @@
 
 use super::case::Response;
 use super::facts::Facts;
-use super::gen::{wrap_response, ENDPOINTS};
+use super::gen_wire::{wrap_response, ENDPOINTS};
 use super::rng::Rng;
 
 const WORDS: &[&str] = &[

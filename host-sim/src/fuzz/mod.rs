@@ -29,6 +29,7 @@ mod exec;
 mod facts;
 mod gen;
 mod gen_body;
+mod gen_wire;
 mod oracle;
 mod rng;
 mod shrink;
