@@ -23,7 +23,9 @@ pub mod vm;
 
 pub use crate::core::{ConfigureError, Core, Timer};
 pub use abi::{LogLevel, Status};
-pub use engine::{Engine, EngineError, EngineOptions, EngineStats, Step, Stream, StreamProps};
+pub use engine::{
+    Engine, EngineError, EngineOptions, EngineStats, HeaderPairs, Step, Stream, StreamProps,
+};
 pub use hostcalls::ProcExit;
 pub use metrics::{Metric, MetricKind};
 pub use types::{

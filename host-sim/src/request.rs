@@ -265,23 +265,7 @@ impl<'h> RequestBuilder<'h> {
             filter_metadata: metadata,
             ..Default::default()
         };
-        let (sa, sp) = split_addr(&source);
-        let (da, dp) = split_addr(&destination);
-        s.properties.insert(prop_path("source.address"), sa.into());
-        s.properties.insert(prop_path("source.port"), sp.into());
-        s.properties
-            .insert(prop_path("destination.address"), da.into());
-        s.properties
-            .insert(prop_path("destination.port"), dp.into());
-        s.properties
-            .insert(prop_path("request.protocol"), "HTTP/1.1".into());
-        s.properties
-            .insert(prop_path("connection.mtls"), false.into());
-        s.properties
-            .insert(prop_path("request.total_size"), (body.len() as i64).into());
-        for (k, v) in properties {
-            s.properties.insert(k, v);
-        }
+        add_properties(&mut s, &source, &destination, body.len(), properties);
         if host.worker_count() <= worker {
             // Not reachable through Worker, but keep the API total.
             let key = StreamKey {
@@ -326,6 +310,30 @@ impl<'h> RequestBuilder<'h> {
             Ok(()) => Ok(Exchange::new(host, key)),
             Err(e) => Err((host, key, e)),
         }
+    }
+}
+
+/// The properties Envoy answers for a request: peer and listener addresses, protocol, mTLS,
+/// size, then the test's own.
+fn add_properties(
+    s: &mut StreamState,
+    source: &str,
+    destination: &str,
+    body_len: usize,
+    properties: Vec<(Vec<u8>, PropValue)>,
+) {
+    let (sa, sp) = split_addr(source);
+    let (da, dp) = split_addr(destination);
+    let p = &mut s.properties;
+    p.insert(prop_path("source.address"), sa.into());
+    p.insert(prop_path("source.port"), sp.into());
+    p.insert(prop_path("destination.address"), da.into());
+    p.insert(prop_path("destination.port"), dp.into());
+    p.insert(prop_path("request.protocol"), "HTTP/1.1".into());
+    p.insert(prop_path("connection.mtls"), false.into());
+    p.insert(prop_path("request.total_size"), (body_len as i64).into());
+    for (k, v) in properties {
+        p.insert(k, v);
     }
 }
 

@@ -184,23 +184,28 @@ impl ResponseBuilder<'_, '_> {
             host.core.on_trailers(key, Dir::Response, t)?;
         }
         host.core.settle();
-        ex.client_response()
-            .ok_or_else(|| anyhow!("no response headers reached the client (held by the filter)"))
-            .or_else(|e| {
-                // A held response is a valid outcome; report it as an empty, incomplete one.
-                if ex.s().is_some() {
-                    Ok(ClientResponse {
-                        status: 0,
-                        headers: Headers::new(),
-                        body: Vec::new(),
-                        trailers: None,
-                        complete: false,
-                        local: false,
-                        chunks: ex.s().map(|s| s.chunk_log.clone()).unwrap_or_default(),
-                    })
-                } else {
-                    Err(e)
-                }
-            })
+        client_view(ex)
+    }
+}
+
+/// What the client received; a response the filter still holds is a valid outcome, reported as
+/// an empty, incomplete one.
+fn client_view(ex: &Exchange<'_>) -> Result<ClientResponse> {
+    if let Some(r) = ex.client_response() {
+        return Ok(r);
+    }
+    match ex.s() {
+        Some(s) => Ok(ClientResponse {
+            status: 0,
+            headers: Headers::new(),
+            body: Vec::new(),
+            trailers: None,
+            complete: false,
+            local: false,
+            chunks: s.chunk_log.clone(),
+        }),
+        None => Err(anyhow!(
+            "no response headers reached the client (held by the filter)"
+        )),
     }
 }
