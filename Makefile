@@ -26,14 +26,14 @@ $(WASM): $(shell find filter/src -name '*.rs' 2>/dev/null) filter/Cargo.toml Car
 
 test: lint test-unit test-wasm-unit test-host-sim validate test-e2e ## Everything CI runs: lint, unit (native + wasm32), host-sim, envoy validate, end-to-end
 
-test-unit: ## Unit tests of the pure logic and the native crates (host-sim runs in test-host-sim)
-	cargo test --workspace --exclude host-sim
+test-unit: ## Unit tests of the pure logic and the native crates (host-sim and host-engine run in test-host-sim)
+	cargo test --workspace --exclude host-sim --exclude llm-router-host
 
 test-wasm-unit: ## The filter's unit tests compiled to wasm32-wasip1 and run under a WASI runtime
 	@scripts/test-wasm-unit.sh
 
-test-host-sim: $(WASM) ## Scenarios on the real .wasm in host-sim
-	cargo test -p host-sim --release
+test-host-sim: $(WASM) ## Scenarios on the real .wasm in host-sim, and the production host engine
+	cargo test -p host-sim -p llm-router-host --release
 
 .PHONY: fuzz
 fuzz: $(WASM) ## Long fuzzing: filter property tests (LLM_ROUTER_FUZZ_ITERS) and the .wasm in host-sim (FUZZ_SECONDS, default 600; FUZZ_SEED=N)

@@ -107,9 +107,7 @@ pub fn check_path(raw: &[u8], prefixes: &[String]) -> Result<(), String> {
     if bad {
         return Err(format!("normalize({raw:?}) = {n:?}"));
     }
-    let direct = prefixes
-        .iter()
-        .any(|p| crate::config::path_has_prefix(&n, p));
+    let direct = prefixes.iter().any(|p| crate::path::has_prefix(&n, p));
     if direct && !path::matches_prefixes(prefixes, raw) {
         return Err(format!(
             "{raw:?} normalises to API path {n:?} but is not matched"

@@ -2,6 +2,15 @@
 //! same cases and a failure names the seed and iteration that reproduce it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+/// Iterations of one property test: `default` in `make test`, `LLM_ROUTER_FUZZ_ITERS` in the
+/// long runs of `make fuzz`.
+pub fn iters(default: u64) -> u64 {
+    std::env::var("LLM_ROUTER_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// splitmix64: tiny, fast, good enough for test-case generation.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);

@@ -29,21 +29,26 @@
 //! # }
 //! ```
 
-pub mod abi;
+mod builder;
 mod exchange;
 pub mod fuzz;
 mod host;
-mod hostcalls;
-pub mod metrics;
+mod observe;
 pub mod replay;
-mod state;
-mod types;
+mod request;
+mod response;
 
-pub use abi::{LogLevel, Status};
-pub use exchange::{
-    ChunkOutcome, ClientResponse, Exchange, RequestBuilder, ResponseBuilder, StreamKey, Upstream,
+/// The engine's ABI constants and wire formats (`host_engine::abi`).
+pub use host_engine::abi;
+/// Metrics and their renderings (`host_engine::metrics`).
+pub use host_engine::metrics;
+
+pub use builder::HostBuilder;
+pub use exchange::{ClientResponse, Exchange, Upstream};
+pub use host::{Host, Worker};
+pub use host_engine::{
+    ChunkOutcome, ConfigureError, ForeignCall, Headers, HttpCallInfo, LocalReply, LogLevel,
+    LogLine, Metric, MetricKind, ProcExit, PropValue, Status, StreamKey, TrapRecord,
 };
-pub use host::{ConfigureError, Host, HostBuilder, Worker};
-pub use hostcalls::ProcExit;
-pub use metrics::{Metric, MetricKind};
-pub use types::{ForeignCall, Headers, HttpCallInfo, LocalReply, LogLine, PropValue, TrapRecord};
+pub use request::RequestBuilder;
+pub use response::ResponseBuilder;

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
-use crate::exchange::split_chunks;
+use crate::request::split_chunks;
 use crate::Host;
 
 /// Options of `host-sim replay`.

@@ -95,9 +95,7 @@ type PushCase<'a> = (&'a str, Option<&'a str>, &'a str, Vec<u8>, u32, &'a str);
 
 #[test]
 fn push_is_answered_by_the_filter_and_checked() -> Result<()> {
-    let Some(mut host) = started(&config(), 2)? else {
-        return Ok(());
-    };
+    let mut host = started(&config(), 2)?;
     let snap = snapshot(&[ep(A, 0, 0, 0.1)]);
     let good = serde_json::to_vec(&snap)?;
     let bearer = format!("Bearer {PUSH_TOKEN}");
@@ -228,9 +226,7 @@ fn push_is_answered_by_the_filter_and_checked() -> Result<()> {
 
 #[test]
 fn picks_follow_load_and_ties_spread_at_random() -> Result<()> {
-    let Some(mut host) = started(&config(), 2)? else {
-        return Ok(());
-    };
+    let mut host = started(&config(), 2)?;
     assert_eq!(
         push(
             &mut host,
@@ -260,18 +256,14 @@ fn picks_follow_load_and_ties_spread_at_random() -> Result<()> {
     // Equal loads: the seeded random tie-break spreads 300 requests about evenly, and the same
     // seed gives the same sequence.
     let even = snapshot(&[ep(A, 1, 1, 0.2), ep(B, 1, 1, 0.2), ep(C, 1, 1, 0.2)]);
-    let run = |seed: u64| -> Result<Option<Vec<String>>> {
-        let Some(mut h) = started_seeded(&config(), 2, seed)? else {
-            return Ok(None);
-        };
+    let run = |seed: u64| -> Result<Vec<String>> {
+        let mut h = started_seeded(&config(), 2, seed)?;
         push(&mut h, 1, &even);
-        Ok(Some(
-            (0..300)
-                .map(|i| pick(&mut h, i % 2, "m").unwrap())
-                .collect(),
-        ))
+        Ok((0..300)
+            .map(|i| pick(&mut h, i % 2, "m").unwrap())
+            .collect())
     };
-    let seq = run(7)?.unwrap();
+    let seq = run(7)?;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for e in &seq {
         *counts.entry(e.as_str()).or_default() += 1;
@@ -281,16 +273,14 @@ fn picks_follow_load_and_ties_spread_at_random() -> Result<()> {
         counts.values().all(|&n| (70..=130).contains(&n)),
         "{counts:?}"
     );
-    assert_eq!(run(7)?.unwrap(), seq, "same seed, same picks");
-    assert_ne!(run(8)?.unwrap(), seq, "another seed, other picks");
+    assert_eq!(run(7)?, seq, "same seed, same picks");
+    assert_ne!(run(8)?, seq, "another seed, other picks");
     Ok(())
 }
 
 #[test]
 fn in_flight_requests_on_one_worker_steer_the_others_and_are_released() -> Result<()> {
-    let Some(mut host) = started(&config(), 2)? else {
-        return Ok(());
-    };
+    let mut host = started(&config(), 2)?;
     push(
         &mut host,
         0,
@@ -347,9 +337,7 @@ fn in_flight_requests_on_one_worker_steer_the_others_and_are_released() -> Resul
 
 #[test]
 fn stale_or_missing_snapshot_falls_back_to_the_gateway() -> Result<()> {
-    let Some(mut host) = started(&config(), 2)? else {
-        return Ok(());
-    };
+    let mut host = started(&config(), 2)?;
     let fb = |h: &Host, reason: &str| {
         h.metric_sum(
             "llm_router_endpoint_fallback_total",
@@ -381,9 +369,7 @@ fn stale_or_missing_snapshot_falls_back_to_the_gateway() -> Result<()> {
 
 #[test]
 fn unhealthy_endpoints_are_never_picked() -> Result<()> {
-    let Some(mut host) = started(&config(), 2)? else {
-        return Ok(());
-    };
+    let mut host = started(&config(), 2)?;
     let mut idle_but_down = ep(A, 0, 0, 0.0);
     idle_but_down["healthy"] = json!(false);
     push(
@@ -418,9 +404,7 @@ fn unhealthy_endpoints_are_never_picked() -> Result<()> {
 
 #[test]
 fn sheddable_requests_are_shed_when_every_endpoint_is_saturated() -> Result<()> {
-    let Some(mut host) = started(&config(), 2)? else {
-        return Ok(());
-    };
+    let mut host = started(&config(), 2)?;
     // Every endpoint saturated (queue >= 5 or KV cache >= 0.8); B is the least loaded.
     push(
         &mut host,
@@ -459,9 +443,7 @@ fn sheddable_requests_are_shed_when_every_endpoint_is_saturated() -> Result<()> 
 
 #[test]
 fn a_new_snapshot_restarts_in_flight_counts() -> Result<()> {
-    let Some(mut host) = started(&config(), 2)? else {
-        return Ok(());
-    };
+    let mut host = started(&config(), 2)?;
     // A scores 0, B 0.4 (2 waiting of 5): the first two requests both go to A.
     push(
         &mut host,

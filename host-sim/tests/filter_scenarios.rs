@@ -1,9 +1,8 @@
 //! Scenarios on the real filter: `dist/llm_router.wasm` against the shared table
 //! `tests/scenarios/routing.json`, plus checks that need no table.
 //!
-//! Until the filter and the table exist (a stub `.wasm` is not a Proxy-Wasm module), these tests
-//! print why they skip and pass. Rebuild with `make build` first. `LLM_ROUTER_WASM=path` tests
-//! another build of the filter.
+//! A missing or stub `dist/llm_router.wasm` (or table) fails these tests: run `make build`
+//! first. `LLM_ROUTER_WASM=path` tests another build of the filter.
 
 use std::path::PathBuf;
 
@@ -23,44 +22,28 @@ fn wasm_path() -> PathBuf {
     }
 }
 
-/// Builds a host on the real filter, or `None` (with a printed reason) when there is no real
-/// filter yet.
-fn filter_host(config: &str, workers: usize) -> Result<Option<Host>> {
+/// Builds a host on the real filter. A missing or stub `.wasm` fails the test (run
+/// `make build` first).
+fn filter_host(config: &str, workers: usize) -> Result<Host> {
     let path = wasm_path();
     if !path.exists() {
-        println!("SKIP: {} does not exist; run `make build`", path.display());
-        return Ok(None);
+        bail!("{} does not exist; run `make build`", path.display());
     }
-    let built = Host::builder()
+    Host::builder()
         .wasm_file(&path)
         .workers(workers)
         .plugin_config(config)
         .env("LLM_ROUTER_PUSH_TOKEN", "test-token")
         .seed(7)
-        .build();
-    match built {
-        Ok(h) => Ok(Some(h)),
-        Err(e) if format!("{e:#}").contains("not a Proxy-Wasm module") => {
-            println!(
-                "SKIP: {} is a stub, not the filter yet ({e:#}); run `make build` once the filter lands",
-                path.display()
-            );
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
+        .build()
+        .with_context(|| format!("loading {} (run `make build`)", path.display()))
 }
 
-fn load_table() -> Result<Option<Value>> {
+fn load_table() -> Result<Value> {
     let path = repo().join("tests/scenarios/routing.json");
-    if !path.exists() {
-        println!("SKIP: {} does not exist yet", path.display());
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path)?;
-    let v: Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    Ok(Some(v))
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 fn header_name(config: &Value, key: &str, default: &str) -> String {
@@ -252,9 +235,7 @@ fn check_scenario(ex: &Exchange<'_>, expect: &Value, config: &Value) -> Vec<Stri
 
 #[test]
 fn routing_scenarios_from_the_shared_table() -> Result<()> {
-    let Some(table) = load_table()? else {
-        return Ok(());
-    };
+    let table = load_table()?;
     let config = table
         .get("plugin_config")
         .cloned()
@@ -265,9 +246,7 @@ fn routing_scenarios_from_the_shared_table() -> Result<()> {
         .cloned()
         .ok_or_else(|| anyhow!("routing.json has no scenarios"))?;
     let config_text = config.to_string();
-    let Some(mut probe) = filter_host(&config_text, 1)? else {
-        return Ok(());
-    };
+    let mut probe = filter_host(&config_text, 1)?;
     probe
         .start()
         .map_err(|e| anyhow!("the table's plugin_config is rejected: {e:#}"))?;
@@ -279,9 +258,7 @@ fn routing_scenarios_from_the_shared_table() -> Result<()> {
             .and_then(Value::as_str)
             .unwrap_or("?")
             .to_string();
-        let Some(mut host) = filter_host(&config_text, 2)? else {
-            return Ok(());
-        };
+        let mut host = filter_host(&config_text, 2)?;
         host.start()?;
         let req = sc.get("request").cloned().unwrap_or(Value::Null);
         let expect = sc.get("expect").cloned().unwrap_or(Value::Null);
@@ -335,9 +312,7 @@ fn bad_plugin_config_fails_configure_naming_the_field() -> Result<()> {
         (json!({"default_tier": "small"}), "tiers"),
     ];
     for (config, field) in cases {
-        let Some(mut host) = filter_host(&config.to_string(), 2)? else {
-            return Ok(());
-        };
+        let mut host = filter_host(&config.to_string(), 2)?;
         match host.start() {
             Ok(()) => bail!("config {config} was accepted"),
             Err(e) => {
@@ -373,9 +348,7 @@ fn garbage(seed: u64, len: usize) -> Vec<u8> {
 #[test]
 fn garbage_bodies_never_trap() -> Result<()> {
     let config = json!({"tiers": {"small": {"model": "s"}, "large": {"model": "l"}}, "default_tier": "small"});
-    let Some(mut host) = filter_host(&config.to_string(), 2)? else {
-        return Ok(());
-    };
+    let mut host = filter_host(&config.to_string(), 2)?;
     host.start()?;
     let mut bodies: Vec<Vec<u8>> = vec![
         b"".to_vec(),
@@ -431,9 +404,7 @@ fn tenant_request_limit_is_shared_by_all_workers() -> Result<()> {
             "limits": {"acme": {"requests_per_minute": 10, "tokens_per_minute": 10000000}}
         }
     });
-    let Some(mut host) = filter_host(&config.to_string(), 2)? else {
-        return Ok(());
-    };
+    let mut host = filter_host(&config.to_string(), 2)?;
     host.start()?;
     let body =
         json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5});
@@ -486,9 +457,7 @@ fn tenant_request_limit_is_shared_by_all_workers() -> Result<()> {
 #[test]
 fn streamed_response_passes_chunk_by_chunk_and_client_reset_is_clean() -> Result<()> {
     let config = json!({"tiers": {"small": {"model": "s"}}});
-    let Some(mut host) = filter_host(&config.to_string(), 2)? else {
-        return Ok(());
-    };
+    let mut host = filter_host(&config.to_string(), 2)?;
     host.start()?;
     let body =
         json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
@@ -543,9 +512,7 @@ fn endpoint_load_push_is_answered_locally_and_used() -> Result<()> {
         "tiers": {"small": {"model": "s"}},
         "endpoints": {"push_path": "/.well-known/llm-router/load", "push_token_env": "LLM_ROUTER_PUSH_TOKEN", "stale_after_ms": 2000}
     });
-    let Some(mut host) = filter_host(&config.to_string(), 2)? else {
-        return Ok(());
-    };
+    let mut host = filter_host(&config.to_string(), 2)?;
     host.start()?;
     let snapshot = json!({"pools": {"small": [
         {"address": "10.1.0.1:8000", "waiting": 3, "running": 4, "kv_cache": 0.5},

@@ -4,11 +4,11 @@
 
 use super::raw::{self, RawLimits};
 use super::{
-    err, path_has_prefix, BucketLimit, ConfigError, Criticality, Endpoints, HeaderNames, Limits,
-    ModelSplit, Rule, SplitTarget, TenantSource, Tenants, Tier, TierId, UnknownTenant,
-    DEFAULT_APIS, DEFAULT_MAX_TOKENS_CAP, DEFAULT_MAX_TRACKED_TENANTS,
+    err, BucketLimit, ConfigError, Criticality, Endpoints, HeaderNames, Limits, ModelSplit, Rule,
+    SplitTarget, TenantSource, Tenants, Tier, TierId, UnknownTenant, DEFAULT_APIS,
+    DEFAULT_MAX_TOKENS_CAP, DEFAULT_MAX_TRACKED_TENANTS,
 };
-use crate::metrics;
+use crate::metrics::labels as metrics;
 
 /// `prefix.name`, with a name that cannot be shown as it is (control characters, non-ASCII,
 /// very long) quoted and cut, so the one log line stays readable.
@@ -429,7 +429,7 @@ pub(super) fn endpoints(
         .push_path
         .unwrap_or_else(|| "/.well-known/llm-router/load".to_string());
     check_path("endpoints.push_path", &push_path)?;
-    if apis.iter().any(|a| path_has_prefix(&push_path, a)) {
+    if apis.iter().any(|a| crate::path::has_prefix(&push_path, a)) {
         return err(
             "endpoints.push_path",
             "must not be one of the inspected `apis` paths",

@@ -247,15 +247,6 @@ fn printable(s: &str) -> String {
     out
 }
 
-/// Segment-aware prefix match: `/v1/completions` matches `/v1/completions` and
-/// `/v1/completions/x`, not `/v1/completionsfoo`.
-pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'),
-        None => false,
-    }
-}
-
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]

@@ -170,7 +170,7 @@ fn random_mutations_of_a_valid_config() {
     let mut rng = Rng::new(0x5EED_0030);
     let base: Value = serde_json::from_str(SPEC_EXAMPLE).unwrap();
     let (mut accepted, mut refused) = (0, 0);
-    for iter in 0..3000 {
+    for iter in 0..crate::testutil::iters(3000) {
         let mut v = base.clone();
         for _ in 0..1 + rng.below(3) {
             mutate(&mut rng, &mut v);

@@ -111,7 +111,7 @@ fn check_pick(pool: &[Endpoint], extra: &[u64], cfg: &Endpoints, crit: Criticali
 fn random_snapshots_parse_and_pick_safely() {
     let mut rng = Rng::new(0x5EED_0020);
     let mut parsed = 0;
-    for iter in 0..3000 {
+    for iter in 0..crate::testutil::iters(3000) {
         let body = gen_snapshot(&mut rng);
         let Ok(snap) = Snapshot::parse(&body) else {
             continue;
@@ -181,7 +181,7 @@ fn random_in_flight_records_never_panic() {
         kv_cache: 0.0,
         healthy: true,
     }];
-    for _ in 0..5000 {
+    for _ in 0..crate::testutil::iters(5000) {
         let n = rng.below(64);
         let bytes = rng.bytes(n);
         if let Some(r) = PoolInFlight::decode(&bytes) {

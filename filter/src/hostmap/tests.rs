@@ -47,10 +47,7 @@ fn property_paths_join_with_nul() {
 
 #[test]
 fn prop_decode_never_panics_on_random_bytes() {
-    let iters: u64 = std::env::var("LLM_ROUTER_FUZZ_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
+    let iters = crate::testutil::iters(3000);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = || {
         x ^= x << 13;

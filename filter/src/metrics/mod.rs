@@ -9,7 +9,9 @@
 //! A metric is identified by a `Key` of small indices, so the hot path can find an already
 //! defined metric without formatting its name.
 
+pub mod labels;
 use crate::config::Config;
+pub use labels::{label_value_problem, MAX_LABEL_VALUE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Metric {
@@ -218,40 +220,6 @@ pub struct Catalog {
     /// Endpoint addresses seen in load snapshots, bounded by `MAX_ENDPOINT_LABELS`; beyond that
     /// `other`.
     pub endpoints: Vec<String>,
-}
-
-/// Longest label value accepted from the configuration.
-pub const MAX_LABEL_VALUE: usize = 256;
-
-/// Why `value` cannot be a label value (`None`: it can). Labels are embedded in the stat name
-/// as `;name=.=value;.;` and cut out again by Envoy's tag regexes, so a value must not contain
-/// the delimiters (`;`, `=`, hence `.=`), and it must read the same in Prometheus' text format
-/// and in a header: printable ASCII, no spaces, quotes or backslashes, bounded length. The one
-/// check for every configured string that becomes a label (tiers, models, split names and
-/// targets, tenants).
-pub fn label_value_problem(value: &str) -> Option<&'static str> {
-    if value.is_empty() {
-        return Some("must not be empty");
-    }
-    if value.len() > MAX_LABEL_VALUE {
-        return Some("must be at most 256 characters (it becomes a metric label)");
-    }
-    if !value.is_ascii() {
-        return Some("must be ASCII (it becomes a metric label and a header value)");
-    }
-    if value.bytes().any(|b| b.is_ascii_control()) {
-        return Some("must not contain control characters (it becomes a metric label)");
-    }
-    if value.contains(' ') {
-        return Some("must not contain spaces (it becomes a metric label)");
-    }
-    if value.contains([';', '=']) {
-        return Some("must not contain ';' or '=' (they delimit metric labels)");
-    }
-    if value.contains(['"', '\\']) {
-        return Some("must not contain quotes or backslashes (it becomes a metric label)");
-    }
-    None
 }
 
 pub const OTHER: &str = "other";

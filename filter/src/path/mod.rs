@@ -26,14 +26,10 @@ pub fn normalize(raw: &[u8]) -> String {
 }
 
 /// Whether any plausible reading of the raw `:path` bytes has one of `prefixes` as a path
-/// prefix (see [`crate::config::path_has_prefix`]; the module doc lists the readings). Never
+/// prefix (see [`has_prefix`]; the module doc lists the readings). Never
 /// panics, whatever the bytes.
 pub fn matches_prefixes(prefixes: &[String], raw: &[u8]) -> bool {
-    let matches = |path: &str| {
-        prefixes
-            .iter()
-            .any(|p| crate::config::path_has_prefix(path, p))
-    };
+    let matches = |path: &str| prefixes.iter().any(|p| has_prefix(path, p));
     let mut current: Cow<[u8]> = Cow::Borrowed(path_part(raw));
     for _ in 0..MAX_ROUNDS {
         let text = String::from_utf8_lossy(&current);
@@ -135,6 +131,15 @@ fn resolve(path: &str, dots: bool) -> String {
         out.push('/');
     }
     out
+}
+
+/// Segment-aware prefix match: `/v1/completions` matches `/v1/completions` and
+/// `/v1/completions/x`, not `/v1/completionsfoo`.
+pub fn has_prefix(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'),
+        None => false,
+    }
 }
 
 #[cfg(test)]

@@ -2,14 +2,16 @@
 
 use super::*;
 
-const ROUNDS: u64 = 2_000;
+fn rounds() -> u64 {
+    crate::testutil::iters(2_000)
+}
 
 /// Structured OpenAI-like bodies, then the same bodies byte-mutated, then random bytes.
 #[test]
-fn fuzz_bodies() {
+fn prop_bodies() {
     let mut rng = Rng::new(0xb0d1_e5ee_d001);
     let mut accepted = 0u64;
-    for round in 0..ROUNDS * 3 {
+    for round in 0..rounds() * 3 {
         let mut bytes = match round % 3 {
             0 => openai_body(&mut rng),
             1 => {
@@ -35,11 +37,11 @@ fn fuzz_bodies() {
         }
     }
     // The generator must reach the interesting paths, not only parse errors.
-    assert!(accepted > ROUNDS / 2, "only {accepted} bodies accepted");
+    assert!(accepted > rounds() / 2, "only {accepted} bodies accepted");
 }
 
 #[test]
-fn fuzz_paths() {
+fn prop_paths() {
     let apis: Vec<String> = [
         "/v1/chat/completions",
         "/v1/completions",
@@ -70,7 +72,7 @@ fn fuzz_paths() {
         b"\\",
     ];
     let mut rng = Rng::new(0x9a7b_5eed);
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         let mut raw: Vec<u8> = match round % 3 {
             0 => (0..rng.below(48)).map(|_| rng.byte()).collect(),
             _ => b"/v1/chat/completions".to_vec(),
@@ -89,13 +91,13 @@ fn fuzz_paths() {
 }
 
 #[test]
-fn fuzz_tokens() {
+fn prop_tokens() {
     let pieces = [
         "a", "Z", "word", " ", "  ", "\n", "\r\n", "\t", "\u{c}", "\u{a0}", "\u{3000}", "7",
         "1234", ".", "{}", "\"", "é", "ж", "م", "न", "你", "か", "한", "🎉", "\u{200d}", "—",
     ];
     let mut rng = Rng::new(0x70c3_45ee);
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         let mut text = String::new();
         for _ in 0..rng.below(60) {
             let p = rng.pick(&pieces).copied().unwrap_or("a");

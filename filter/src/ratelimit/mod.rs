@@ -444,4 +444,6 @@ fn limited(tenant: Tenant, bucket: Bucket, retry_after_ms: u64, status: &Status)
 }
 
 #[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 mod tests;

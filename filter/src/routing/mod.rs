@@ -75,7 +75,7 @@ fn rule_matches<'h>(rule: &Rule, f: &Facts, header: &impl Fn(&str) -> Option<&'h
         }
     }
     if let Some(prefix) = &rule.path_prefix {
-        if !crate::config::path_has_prefix(f.path, prefix) {
+        if !crate::path::has_prefix(f.path, prefix) {
             return false;
         }
     }

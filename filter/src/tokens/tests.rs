@@ -243,7 +243,7 @@ fn invalid_looking_and_control_input_is_handled() {
 /// The byte-run fast path gives exactly what feeding every character through the per-character
 /// state machine gives, on text mixing every ASCII byte with the non-ASCII classes.
 #[test]
-fn fast_path_matches_per_character_reference() {
+fn prop_fast_path_matches_per_character_reference() {
     let pieces = [
         "a",
         "z",
@@ -338,7 +338,7 @@ fn fast_path_matches_per_character_reference() {
         ws_switch: 400_089,
         ..PARAMS
     };
-    for round in 0..3000 {
+    for round in 0..crate::testutil::iters(3000) {
         let len = (next() % 40) as usize;
         let mut text = String::new();
         for _ in 0..len {

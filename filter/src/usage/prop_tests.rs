@@ -170,7 +170,7 @@ fn json_result(parts: &[&[u8]]) -> (Option<Usage>, u64, usize) {
 #[test]
 fn json_usage_matches_the_document_for_any_chunking() {
     let mut rng = Rng::new(SEED);
-    for iter in 0..3000 {
+    for iter in 0..crate::testutil::iters(3000) {
         let doc = gen_doc(&mut rng);
         let text = doc.to_string();
         let whole = json_result(&[text.as_bytes()]);
@@ -189,7 +189,7 @@ fn json_usage_matches_the_document_for_any_chunking() {
 #[test]
 fn json_scanner_survives_random_and_mutated_bytes() {
     let mut rng = Rng::new(SEED + 1);
-    for iter in 0..3000 {
+    for iter in 0..crate::testutil::iters(3000) {
         let mut bytes = if rng.chance(30) {
             let n = rng.below(300);
             rng.bytes(n)
@@ -288,7 +288,7 @@ fn sse_result(parts: &[&[u8]]) -> SseResult {
 #[test]
 fn sse_chunked_equals_whole_for_every_line_ending() {
     let mut rng = Rng::new(SEED + 2);
-    for iter in 0..3000 {
+    for iter in 0..crate::testutil::iters(3000) {
         let (lines, usage) = gen_stream(&mut rng);
         let mut reference: Option<SseResult> = None;
         for eol in ["\n", "\r\n", "\r"] {
@@ -313,7 +313,7 @@ fn sse_chunked_equals_whole_for_every_line_ending() {
 #[test]
 fn sse_scanner_survives_random_bytes() {
     let mut rng = Rng::new(SEED + 3);
-    for iter in 0..3000 {
+    for iter in 0..crate::testutil::iters(3000) {
         let bytes = if rng.chance(50) {
             let n = rng.below(400);
             // bias towards the bytes that matter to the scanner

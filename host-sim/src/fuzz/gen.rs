@@ -1,33 +1,35 @@
 //! Case generator: request line, headers, chunking, cancels and the response around a body
 //! from [`super::gen_body`].
 
-use super::case::{Bytes, Cancel, Case, Pairs, Response};
+use super::case::{Bytes, Cancel, Case, Pairs};
 use super::facts::Facts;
 use super::gen_body;
+use super::gen_wire::{cuts, pair, random_pairs, shuffle, value_bytes, ENDPOINTS};
 use super::rng::Rng;
 use super::PUSH_TOKEN;
 
-/// Addresses the fuzzer's load pushes use (and some spoofed endpoint values reuse).
-pub const ENDPOINTS: &[&str] = &[
-    "10.1.0.1:8000",
-    "10.1.0.2:8000",
-    "10.2.0.1:8000",
-    "10.2.0.2:8000",
-];
 const TENANTS: &[&str] = &["acme", "team-a", "team-b"];
 
-/// One case. Every choice comes from `rng`, so (seed, index) rebuilds it.
-pub fn case(rng: &mut Rng, facts: &Facts) -> Case {
-    let advance_ms = match rng.below(100) {
-        0..=69 => rng.below(200),
-        70..=94 => rng.range(200, 3000),
-        _ => rng.range(10_000, 120_000),
+/// One case. Every choice comes from `rng`, so (seed, index) rebuilds it. `tempo` (the seed
+/// modulo 3) sets how fast the simulated clock moves: 0 bursts (rate limits bite), 1 mixes,
+/// 2 is slow (refills, stale load snapshots). Bursts send mostly small requests, so that
+/// request buckets run out before token buckets.
+pub fn case(rng: &mut Rng, facts: &Facts, tempo: u64) -> Case {
+    let advance_ms = match (tempo, rng.below(100)) {
+        (0, 0) if rng.chance(1, 5) => rng.range(1_000, 20_000),
+        (0, _) => rng.below(15),
+        (1, 0..=79) => rng.below(50),
+        (1, 80..=96) => rng.range(50, 1000),
+        (1, 97..=98) => rng.range(2_000, 10_000),
+        (1, _) => rng.range(10_000, 120_000),
+        (_, 0..=89) => rng.range(100, 3000),
+        (_, _) => rng.range(10_000, 120_000),
     };
     let mut c = match (rng.below(100), &facts.push_path) {
         (0..=7, Some(push)) => push_case(rng, push),
         (8..=19, _) => other_case(rng, facts),
         (20..=27, _) => wild_case(rng, facts),
-        _ => api_case(rng, facts),
+        _ => api_case(rng, facts, if tempo == 0 { 5 } else { 1 }),
     };
     c.advance_ms = advance_ms;
     c.worker = rng.below_usize(2);
@@ -44,7 +46,11 @@ pub fn case(rng: &mut Rng, facts: &Facts) -> Case {
         _ => Cancel::Never,
     };
     if c.response.is_none() && !rng.chance(1, 20) {
-        c.response = Some(gen_body::response(rng, &c.body.0));
+        c.response = Some(if tempo == 0 {
+            gen_body::cheap_response(rng)
+        } else {
+            gen_body::response(rng, &c.body.0)
+        });
     }
     if rng.chance(3, 10) {
         shuffle(rng, &mut c.headers);
@@ -68,11 +74,8 @@ fn base(method: &str, path: Vec<u8>) -> Case {
     }
 }
 
-fn pair(k: &str, v: impl AsRef<[u8]>) -> (Bytes, Bytes) {
-    (Bytes::from(k), Bytes(v.as_ref().to_vec()))
-}
-
-fn api_case(rng: &mut Rng, facts: &Facts) -> Case {
+/// `cheap_in_5`: how many API requests in 5 are small and well-formed.
+fn api_case(rng: &mut Rng, facts: &Facts, cheap_in_5: u64) -> Case {
     let api = rng.pick(&facts.apis).clone();
     let method = if rng.chance(92, 100) {
         "POST"
@@ -80,7 +83,11 @@ fn api_case(rng: &mut Rng, facts: &Facts) -> Case {
         rng.pick_copy(&["GET", "PUT", "post", "PATCH", "HEAD", "OPTIONS"])
     };
     let mut c = base(method, path_variant(rng, &api));
-    let mut body = gen_body::request(rng, facts, &api);
+    let mut body = if rng.chance(cheap_in_5, 5) {
+        gen_body::cheap(rng, &api)
+    } else {
+        gen_body::request(rng, facts, &api)
+    };
     if rng.chance(15, 100) {
         gen_body::mutate(rng, &mut body);
     }
@@ -97,7 +104,7 @@ fn push_case(rng: &mut Rng, push: &str) -> Case {
     };
     let mut c = base(if rng.chance(95, 100) { "POST" } else { "GET" }, path);
     c.source = rng
-        .pick(&[
+        .pick_copy(&[
             "127.0.0.1:5555",
             "127.0.0.1:5555",
             "127.0.0.1:5555",
@@ -234,64 +241,6 @@ pub fn path_variant(rng: &mut Rng, api: &str) -> Vec<u8> {
     p
 }
 
-/// Header values as Envoy may pass them: printable ASCII, obs-text, empty, sometimes huge.
-pub fn value_bytes(rng: &mut Rng) -> Vec<u8> {
-    let n = match rng.below(40) {
-        0 => rng.range(4096, 65536) as usize,
-        1..=4 => 0,
-        _ => rng.len(64),
-    };
-    let mode = rng.below(4);
-    (0..n)
-        .map(|_| match mode {
-            0 => rng.range(0x20, 0x7e) as u8,
-            1 => rng.range(0x80, 0xff) as u8,
-            2 => {
-                if rng.chance(1, 3) {
-                    rng.range(0x80, 0xff) as u8
-                } else {
-                    rng.range(0x21, 0x7e) as u8
-                }
-            }
-            _ => match rng.byte() {
-                0 | b'\r' | b'\n' => b'x',
-                b => b,
-            },
-        })
-        .collect()
-}
-
-fn name_bytes(rng: &mut Rng) -> Vec<u8> {
-    const TCHAR: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-_!#$%&'*+.^`|~ABCXYZ";
-    match rng.below(20) {
-        0 => Vec::new(),
-        1 => (0..rng.range(1, 12))
-            .map(|_| rng.range(0x80, 0xff) as u8)
-            .collect(),
-        2 => (0..rng.range(1, 12))
-            .map(|_| rng.range(1, 0xff) as u8)
-            .collect(),
-        3 => rng
-            .pick(&[
-                &b":path"[..],
-                b":method",
-                b":authority",
-                b"content-length",
-                b"x-tenant-id",
-            ])
-            .to_vec(),
-        _ => (0..rng.range(1, 24))
-            .map(|_| rng.pick_copy(TCHAR))
-            .collect(),
-    }
-}
-
-fn random_pairs(rng: &mut Rng, n: usize) -> Pairs {
-    (0..n)
-        .map(|_| (Bytes(name_bytes(rng)), Bytes(value_bytes(rng))))
-        .collect()
-}
-
 fn request_headers(rng: &mut Rng, facts: &Facts, body_len: usize) -> Pairs {
     let mut h: Pairs = Vec::new();
     match rng.below(20) {
@@ -302,13 +251,10 @@ fn request_headers(rng: &mut Rng, facts: &Facts, body_len: usize) -> Pairs {
             rng.pick(&[&b"text/plain"[..], b"APPLICATION/JSON; charset=\xa1", b""]),
         )),
     }
-    match rng.below(20) {
-        0..=17 => h.push(pair("content-length", body_len.to_string())),
-        18 => {}
-        _ => h.push(pair(
-            "content-length",
-            rng.pick(&["0", "-1", "99999999999999999999", "12abc", "1048577"]),
-        )),
+    // Envoy delivers exactly `content-length` bytes (or resets the stream), so the header is
+    // either right or absent (a chunked request).
+    if rng.chance(9, 10) {
+        h.push(pair("content-length", body_len.to_string()));
     }
     if let Some(th) = &facts.tenant_header {
         match rng.below(20) {
@@ -381,66 +327,5 @@ fn spoof(rng: &mut Rng, facts: &Facts, h: &mut Pairs) {
             };
             h.push(pair(&shown, v));
         }
-    }
-}
-
-/// Chunk boundaries for a body of `len` bytes.
-pub fn cuts(rng: &mut Rng, len: usize) -> Vec<usize> {
-    if len < 2 {
-        return Vec::new();
-    }
-    let n = match rng.below(20) {
-        0..=7 => 0,
-        8..=14 => rng.range(1, 3) as usize,
-        15..=18 => rng.range(4, 31) as usize,
-        _ => (len - 1).min(64),
-    };
-    if n + 1 >= len {
-        return (1..len).collect();
-    }
-    let mut v: Vec<usize> = (0..n).map(|_| 1 + rng.below_usize(len - 1)).collect();
-    v.sort_unstable();
-    v.dedup();
-    v
-}
-
-fn shuffle<T>(rng: &mut Rng, v: &mut [T]) {
-    for i in (1..v.len()).rev() {
-        let j = rng.below_usize(i + 1);
-        v.swap(i, j);
-    }
-}
-
-/// Response headers: status aside, content type as given plus random extra headers.
-pub fn response_headers(rng: &mut Rng, content_type: &[u8], body_len: usize) -> Pairs {
-    let mut h: Pairs = Vec::new();
-    if !content_type.is_empty() {
-        h.push(pair("content-type", content_type));
-    }
-    if rng.chance(1, 2) {
-        h.push(pair("content-length", body_len.to_string()));
-    }
-    if rng.chance(1, 5) {
-        h.push(pair("server", b"vllm \xa1\xb1"));
-    }
-    if rng.chance(1, 4) {
-        let n = rng.range(1, 8) as usize;
-        h.extend(random_pairs(rng, n));
-    }
-    h
-}
-
-/// The model server's answer to `request_body`.
-pub fn wrap_response(rng: &mut Rng, status: u32, content_type: &[u8], body: Vec<u8>) -> Response {
-    Response {
-        status,
-        headers: response_headers(rng, content_type, body.len()),
-        cuts: cuts(rng, body.len()),
-        trailers: if rng.chance(3, 100) {
-            Some(random_pairs(rng, 1))
-        } else {
-            None
-        },
-        body: Bytes(body),
     }
 }

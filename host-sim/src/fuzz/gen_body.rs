@@ -4,7 +4,7 @@
 
 use super::case::Response;
 use super::facts::Facts;
-use super::gen::{wrap_response, ENDPOINTS};
+use super::gen_wire::{wrap_response, ENDPOINTS};
 use super::rng::Rng;
 
 const WORDS: &[&str] = &[
@@ -320,6 +320,21 @@ pub fn request(rng: &mut Rng, facts: &Facts, api: &str) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// A small, well-formed request with a small completion limit: many of them drain a
+/// tenant's request bucket before its token bucket.
+pub fn cheap(rng: &mut Rng, api: &str) -> Vec<u8> {
+    let model = rng.pick_copy(&["gpt-4o", "chat-canary", "small", "large"]);
+    let max = rng.range(1, 16);
+    let input = if api.contains("embeddings") {
+        "\"input\":\"hi\"".to_string()
+    } else if api.ends_with("/completions") && !api.contains("chat") {
+        "\"prompt\":\"hi\"".to_string()
+    } else {
+        "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]".to_string()
+    };
+    format!("{{\"model\":\"{model}\",{input},\"max_tokens\":{max}}}").into_bytes()
+}
+
 /// A few random edits: flips, inserted bytes (obs-text too), deletions, duplications,
 /// truncation, an injected `"model":null`.
 pub fn mutate(rng: &mut Rng, b: &mut Vec<u8>) {
@@ -372,12 +387,15 @@ pub fn push(rng: &mut Rng) -> Vec<u8> {
         ("large", &ENDPOINTS[2..]),
         ("ghost", &ENDPOINTS[..1]),
     ] {
-        if !rng.chance(4, 5) {
+        let wanted = if tier == "ghost" { (1, 10) } else { (9, 10) };
+        if !rng.chance(wanted.0, wanted.1) {
             continue;
         }
-        let entries: Vec<String> = (0..rng.range(0, 3))
+        // Mostly valid snapshots (so that endpoints get picked), sometimes junk.
+        let junky = rng.chance(1, 8);
+        let entries: Vec<String> = (0..rng.range(1, 3))
             .map(|_| {
-                let addr = if rng.chance(1, 10) {
+                let addr = if junky && rng.chance(1, 2) {
                     rng.pick_copy(&junk)
                 } else {
                     rng.pick_copy(addrs)
@@ -385,17 +403,21 @@ pub fn push(rng: &mut Rng) -> Vec<u8> {
                 format!(
                     "{{\"address\":{},\"waiting\":{},\"running\":{},\"kv_cache\":{}}}",
                     serde_json::Value::String(addr.into()),
-                    if rng.chance(1, 2) {
-                        rng.below(8).to_string()
-                    } else {
+                    if junky {
                         number(rng)
-                    },
-                    if rng.chance(1, 2) {
-                        rng.below(8).to_string()
                     } else {
-                        number(rng)
+                        rng.below(8).to_string()
                     },
-                    rng.pick(&["0.1", "0.5", "0.95", "1.0", "-1", "1e9", "\"x\"", "null"]),
+                    if junky {
+                        number(rng)
+                    } else {
+                        rng.below(8).to_string()
+                    },
+                    if junky {
+                        rng.pick_copy(&["-1", "1e9", "\"x\"", "null", "1.0"])
+                    } else {
+                        rng.pick_copy(&["0.1", "0.5", "0.95", "0.0", "0.79"])
+                    },
                 )
             })
             .collect();
@@ -406,7 +428,7 @@ pub fn push(rng: &mut Rng) -> Vec<u8> {
 
 fn usage(rng: &mut Rng) -> String {
     let mut n = || -> String {
-        match rng.below(6) {
+        match rng.below(12) {
             0 => number(rng),
             1 => rng
                 .pick(&[
@@ -417,7 +439,8 @@ fn usage(rng: &mut Rng) -> String {
                     "12.5",
                 ])
                 .to_string(),
-            _ => rng.below(5000).to_string(),
+            2..=3 => rng.below(5000).to_string(),
+            _ => rng.below(40).to_string(),
         }
     };
     let (p, c, t) = (n(), n(), n());
@@ -477,6 +500,16 @@ fn json_body(rng: &mut Rng) -> Vec<u8> {
         mutate(rng, &mut b);
     }
     b
+}
+
+/// A short answer with small usage (bursts: keeps token buckets out of debt).
+pub fn cheap_response(rng: &mut Rng) -> Response {
+    let (p, c) = (rng.below(20), rng.below(16));
+    let body = format!(
+        "{{\"choices\":[{{\"message\":{{\"role\":\"assistant\",\"content\":\"ok\"}}}}],\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":{c},\"total_tokens\":{}}}}}",
+        p + c
+    );
+    wrap_response(rng, 200, b"application/json", body.into_bytes())
 }
 
 /// The model server's response to a request with `request_body`.

@@ -29,6 +29,7 @@ mod exec;
 mod facts;
 mod gen;
 mod gen_body;
+mod gen_wire;
 mod oracle;
 mod rng;
 mod shrink;
@@ -128,7 +129,6 @@ impl<'t> Session<'t> {
     /// Runs one case on both hosts and checks every property.
     pub fn step(&mut self, case: &Case) -> Result<(), Violation> {
         let facts = &self.target.facts;
-        self.note_push(case);
         let host_err = |label: &str, e: anyhow::Error| Violation {
             kind: "host",
             detail: format!("{label}: {e:#}"),
@@ -136,6 +136,7 @@ impl<'t> Session<'t> {
         let a = exec::run(&mut self.as_sent, case, Delivery::AsSent, &self.owned)
             .map_err(|e| host_err("as sent", e))?;
         check::health("as sent", &a)?;
+        self.note_push(case, &a);
         let b = exec::run(&mut self.canonical, case, Delivery::Canonical, &self.owned)
             .map_err(|e| host_err("canonical", e))?;
         check::health("canonical", &b)?;
@@ -170,12 +171,14 @@ impl<'t> Session<'t> {
         &self.outcomes
     }
 
-    /// Endpoint addresses a load push names become values the filter may write.
-    fn note_push(&mut self, case: &Case) {
-        let Some(push) = &self.target.facts.push_path else {
-            return;
-        };
-        if !case.path.0.starts_with(push.as_bytes()) {
+    /// Endpoint addresses of a load push the filter accepted (answered 204) become values the
+    /// filter may write.
+    fn note_push(&mut self, case: &Case, a: &Observed) {
+        if a.decision
+            .local
+            .as_ref()
+            .is_none_or(|(status, _)| *status != 204)
+        {
             return;
         }
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&case.body.0) else {
@@ -266,7 +269,7 @@ pub fn run_seed(
 
 /// Generates case `index` of `seed` (what a run would have sent).
 pub fn generate(target: &Target, seed: u64, index: u64) -> Case {
-    let mut case = gen::case(&mut Rng::for_case(seed, index), &target.facts);
+    let mut case = gen::case(&mut Rng::for_case(seed, index), &target.facts, seed % 3);
     if target.text_headers_only {
         case.text_headers_only();
     }

@@ -1,11 +1,11 @@
 //! Helpers shared by the real-filter test files (`filter_ratelimit.rs`, `filter_metrics.rs`,
-//! `filter_endpoints.rs`). Like `filter_scenarios.rs`, every test skips (printing why) while
-//! `dist/llm_router.wasm` is missing or a stub; `LLM_ROUTER_WASM=path` tests another build.
+//! `filter_endpoints.rs`). A missing or stub `dist/llm_router.wasm` fails every test that uses
+//! them (run `make build` first); `LLM_ROUTER_WASM=path` tests another build.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Context as _, Result};
 use host_sim::{Exchange, Host};
 use serde_json::{json, Value};
 
@@ -21,38 +21,27 @@ pub fn wasm_path() -> PathBuf {
     }
 }
 
-/// A started host on the real filter with `workers` VMs, or `None` (with a printed reason)
-/// when there is no real filter yet.
-pub fn started(config: &Value, workers: usize) -> Result<Option<Host>> {
+/// A started host on the real filter with `workers` VMs. A missing or stub `.wasm` fails the
+/// test (run `make build` first).
+pub fn started(config: &Value, workers: usize) -> Result<Host> {
     started_seeded(config, workers, 7)
 }
 
-pub fn started_seeded(config: &Value, workers: usize, seed: u64) -> Result<Option<Host>> {
+pub fn started_seeded(config: &Value, workers: usize, seed: u64) -> Result<Host> {
     let path = wasm_path();
     if !path.exists() {
-        println!("SKIP: {} does not exist; run `make build`", path.display());
-        return Ok(None);
+        bail!("{} does not exist; run `make build`", path.display());
     }
-    let built = Host::builder()
+    let mut host = Host::builder()
         .wasm_file(&path)
         .workers(workers)
         .plugin_config(config.to_string())
         .env("LLM_ROUTER_PUSH_TOKEN", PUSH_TOKEN)
         .seed(seed)
-        .build();
-    let mut host = match built {
-        Ok(h) => h,
-        Err(e) if format!("{e:#}").contains("not a Proxy-Wasm module") => {
-            println!(
-                "SKIP: {} is a stub ({e:#}); run `make build`",
-                path.display()
-            );
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
+        .build()
+        .with_context(|| format!("loading {} (run `make build`)", path.display()))?;
     host.start()?;
-    Ok(Some(host))
+    Ok(host)
 }
 
 /// A chat request body.

@@ -12,7 +12,7 @@ pub enum MetricKind {
 }
 
 impl MetricKind {
-    pub(crate) fn from_abi(v: i32) -> Option<MetricKind> {
+    pub fn from_abi(v: i32) -> Option<MetricKind> {
         match v {
             0 => Some(MetricKind::Counter),
             1 => Some(MetricKind::Gauge),
@@ -78,14 +78,14 @@ pub fn split_tags(name: &str) -> (&str, Vec<(String, String)>) {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct MetricStore {
-    pub(crate) metrics: BTreeMap<String, Metric>,
+pub struct MetricStore {
+    pub metrics: BTreeMap<String, Metric>,
     /// `proxy_define_metric` calls so far, all VMs (a guest that defines per request shows here).
-    pub(crate) define_calls: u64,
+    pub define_calls: u64,
 }
 
 impl MetricStore {
-    pub(crate) fn define(&mut self, kind: MetricKind, name: &str) {
+    pub fn define(&mut self, kind: MetricKind, name: &str) {
         self.define_calls += 1;
         self.metrics
             .entry(name.to_string())
@@ -97,13 +97,13 @@ impl MetricStore {
             });
     }
 
-    pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut Metric> {
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Metric> {
         self.metrics.get_mut(name)
     }
 
     /// Envoy `/stats` text: `wasmcustom.<name>: <value>` for counters and gauges, and
     /// `wasmcustom.<name>: P0(x,x) P25(x,x) ...` for histograms, sorted by name.
-    pub(crate) fn render_envoy(&self, prefix: bool) -> String {
+    pub fn render_envoy(&self, prefix: bool) -> String {
         let mut out = String::new();
         for m in self.metrics.values() {
             let name = if prefix {
@@ -139,7 +139,7 @@ impl MetricStore {
 
     /// Prometheus text after tag extraction: `base{k="v",...} value`; histograms as
     /// `_count` and `_sum` lines.
-    pub(crate) fn render_prometheus(&self) -> String {
+    pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
         for m in self.metrics.values() {
             let (base, tags) = split_tags(&m.name);

@@ -2,6 +2,9 @@
 
 use anyhow::{bail, Result};
 
+/// Context id of each VM's root context (Envoy gives the VM context 0 and the root context 1).
+pub const ROOT_CONTEXT_ID: u32 = 1;
+
 /// Status codes as the Rust SDK decodes them (proxy-wasm `Status`, cpp-host `WasmResult`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
@@ -77,6 +80,17 @@ impl LogLevel {
             3 => LogLevel::Warn,
             4 => LogLevel::Error,
             _ => LogLevel::Critical,
+        }
+    }
+
+    /// The `log` crate's level for this level (critical is an error).
+    pub fn to_log(self) -> log::Level {
+        match self {
+            LogLevel::Trace => log::Level::Trace,
+            LogLevel::Debug => log::Level::Debug,
+            LogLevel::Info => log::Level::Info,
+            LogLevel::Warn => log::Level::Warn,
+            LogLevel::Error | LogLevel::Critical => log::Level::Error,
         }
     }
 

@@ -163,6 +163,13 @@ impl Headers {
     }
 }
 
+/// Identifies a stream: worker index and context id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamKey {
+    pub worker: usize,
+    pub context: u32,
+}
+
 /// A reply the filter produced itself with `proxy_send_local_response`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
@@ -305,4 +312,16 @@ pub struct ForeignCall {
     pub args: Vec<u8>,
     /// The status returned to the guest.
     pub status: i32,
+}
+
+/// What happened to one response body chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkOutcome {
+    /// Clock (ms since host start) when the chunk arrived.
+    pub at_ms: u64,
+    pub len: usize,
+    /// The filter held it (Pause / StopIterationAndBuffer, or held headers).
+    pub paused: bool,
+    /// Body bytes the client had received after this chunk.
+    pub delivered: usize,
 }

@@ -1,0 +1,34 @@
+//! host-engine (`llm-router-host`): a Proxy-Wasm ABI 0.2.1 host on wasmtime that behaves like
+//! Envoy's Wasm filter host (proxy-wasm-cpp-host), for `dist/llm_router.wasm`.
+//!
+//! Two ways to use it:
+//! - [`Engine`]: production. One OS thread per worker, each owning its VM; a [`Stream`] is
+//!   pinned to one VM and answered with a [`Step`]; real clock and OS randomness; memory limit
+//!   per VM; a trap fails its stream and the VM is recreated. The ext_proc server runs on it.
+//! - [`Core`] with the filter-manager rules ([`manager`]): the layer host-sim drives on one
+//!   thread with a simulated clock and seeded randomness, for deterministic tests.
+//!
+//! Layers, bottom up: [`abi`], [`types`], [`metrics`] -> [`state`] -> `hostcalls` -> [`vm`] ->
+//! [`core`] + [`manager`] -> [`engine`].
+
+pub mod abi;
+pub mod core;
+pub mod engine;
+mod hostcalls;
+pub mod manager;
+pub mod metrics;
+pub mod state;
+pub mod types;
+pub mod vm;
+
+pub use crate::core::{ConfigureError, Core, Timer};
+pub use abi::{LogLevel, Status};
+pub use engine::{
+    Engine, EngineError, EngineOptions, EngineStats, HeaderPairs, Step, Stream, StreamProps,
+};
+pub use hostcalls::ProcExit;
+pub use metrics::{Metric, MetricKind};
+pub use types::{
+    ChunkOutcome, ForeignCall, Headers, HttpCallInfo, LocalReply, LogLine, PropValue, StreamKey,
+    TrapRecord,
+};
