@@ -1,62 +1,116 @@
-//! The production engine. THE compile-time dependency point on the `host_engine` crate
-//! (package `llm-router-host`): until that crate is a workspace member, this build has no
-//! engine and `start` refuses with a message that says so.
+//! The production engine: the `host_engine` crate (package `llm-router-host`) adapted to the
+//! server's [`FilterEngine`] seam. This file is the one place the server depends on it.
+
+use host_engine::{Engine, EngineOptions};
 
 use crate::engine::{
     EngineError, EngineSettings, EngineStats, FilterEngine, FilterStream, Headers, Step,
     StreamProps,
 };
 
-/// No engine in this build (uninhabited: no value of it exists).
-pub enum NoEngine {}
+/// The wasmtime Proxy-Wasm host running `llm_router.wasm`.
+pub struct ProductionEngine(Engine);
 
-/// No stream either.
-pub enum NoStream {}
+/// One stream pinned to one worker VM.
+pub struct ProductionStream(host_engine::Stream);
 
-impl FilterStream for NoStream {
-    fn request_headers(&mut self, _: Headers, _: bool) -> Step {
-        match *self {}
+fn step(s: host_engine::Step) -> Step {
+    match s {
+        host_engine::Step::Hold => Step::Hold,
+        host_engine::Step::Continue {
+            headers,
+            body,
+            end_of_stream,
+            clear_route_cache,
+        } => Step::Continue {
+            headers,
+            body,
+            end_of_stream,
+            clear_route_cache,
+        },
+        host_engine::Step::Reply {
+            status,
+            headers,
+            body,
+        } => Step::Reply {
+            status,
+            headers,
+            body,
+        },
+        host_engine::Step::Trapped {
+            continue_unchanged,
+            message,
+        } => Step::Trapped {
+            continue_unchanged,
+            message,
+        },
     }
-    fn request_body(&mut self, _: Vec<u8>, _: bool) -> Step {
-        match *self {}
+}
+
+impl FilterStream for ProductionStream {
+    fn request_headers(&mut self, headers: Headers, end_of_stream: bool) -> Step {
+        step(self.0.request_headers(headers, end_of_stream))
     }
-    fn request_trailers(&mut self, _: Headers) -> Step {
-        match *self {}
+    fn request_body(&mut self, chunk: Vec<u8>, end_of_stream: bool) -> Step {
+        step(self.0.request_body(chunk, end_of_stream))
     }
-    fn response_headers(&mut self, _: Headers, _: bool) -> Step {
-        match *self {}
+    fn request_trailers(&mut self, trailers: Headers) -> Step {
+        step(self.0.request_trailers(trailers))
     }
-    fn response_body(&mut self, _: Vec<u8>, _: bool) -> Step {
-        match *self {}
+    fn response_headers(&mut self, headers: Headers, end_of_stream: bool) -> Step {
+        step(self.0.response_headers(headers, end_of_stream))
     }
-    fn response_trailers(&mut self, _: Headers) -> Step {
-        match *self {}
+    fn response_body(&mut self, chunk: Vec<u8>, end_of_stream: bool) -> Step {
+        step(self.0.response_body(chunk, end_of_stream))
+    }
+    fn response_trailers(&mut self, trailers: Headers) -> Step {
+        step(self.0.response_trailers(trailers))
     }
     fn finish(self) {
-        match self {}
+        self.0.finish();
     }
 }
 
-impl FilterEngine for NoEngine {
-    type Stream = NoStream;
-    fn open_stream(&self, _: StreamProps) -> NoStream {
-        match *self {}
+impl FilterEngine for ProductionEngine {
+    type Stream = ProductionStream;
+    fn open_stream(&self, props: StreamProps) -> ProductionStream {
+        ProductionStream(self.0.open_stream(host_engine::StreamProps {
+            source_address: props.source_address,
+            destination_address: props.destination_address,
+            properties: props.properties,
+        }))
     }
-    fn reconfigure(&self, _: Vec<u8>) -> Result<(), EngineError> {
-        match *self {}
+    fn reconfigure(&self, plugin_config: Vec<u8>) -> Result<(), EngineError> {
+        self.0
+            .reconfigure(plugin_config)
+            .map_err(|e| EngineError(e.0))
     }
     fn prometheus(&self) -> String {
-        match *self {}
+        self.0.prometheus()
     }
     fn stats(&self) -> EngineStats {
-        match *self {}
+        let s = self.0.stats();
+        EngineStats {
+            streams: s.streams,
+            traps: s.traps,
+            vm_reloads: s.vm_reloads,
+            config_reloads: s.config_reloads,
+            config_reload_failures: s.config_reload_failures,
+        }
     }
 }
 
-pub type ProductionEngine = NoEngine;
-
-pub fn start(_settings: EngineSettings) -> Result<ProductionEngine, EngineError> {
-    Err(EngineError(
-        "this build has no Proxy-Wasm host engine (crate llm-router-host not linked)".into(),
-    ))
+/// Compiles the module and starts one VM per worker.
+pub fn start(settings: EngineSettings) -> Result<ProductionEngine, EngineError> {
+    Engine::start(EngineOptions {
+        wasm: settings.wasm,
+        plugin_config: settings.plugin_config,
+        env: settings.env,
+        workers: settings.workers,
+        memory_limit_bytes: settings.memory_limit_bytes,
+        fail_open: settings.fail_open,
+        ..EngineOptions::default()
+    })
+    .map(ProductionEngine)
+    .map_err(|e| EngineError(e.0))
 }
