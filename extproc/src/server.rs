@@ -26,6 +26,23 @@ use crate::reload::Watcher;
 use crate::service::{ExtProc, Shared};
 use crate::tls::Material;
 
+/// Accepted connections with TCP_NODELAY: ext_proc answers are small HTTP/2 frames written one
+/// after another (headers response, then body chunks); with Nagle's algorithm each one waits
+/// for the ACK of the previous, which the gateway delays (40 ms on Linux), on every request.
+pub fn accepted(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(tcp) = &conn {
+            if let Err(e) = tcp.set_nodelay(true) {
+                log::debug!("TCP_NODELAY: {e}");
+            }
+        }
+        conn
+    })
+}
+
 /// The gRPC service name the health service reports beside `liveness` and `readiness`.
 pub const EXT_PROC_SERVICE: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
 
@@ -124,7 +141,7 @@ impl Bound {
         let health = tokio::spawn(
             Server::builder()
                 .add_service(health_service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(self.health), stopped()),
+                .serve_with_incoming_shutdown(accepted(self.health), stopped()),
         );
 
         let engine = tokio::task::spawn_blocking(start)
@@ -147,7 +164,7 @@ impl Bound {
                 .add_service(ExternalProcessorServer::from_arc(Arc::new(ExtProc::new(
                     shared.clone(),
                 ))))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), stopped()),
+                .serve_with_incoming_shutdown(accepted(self.grpc), stopped()),
         );
         let metrics = tokio::spawn(crate::http::serve(self.metrics, shared.clone(), stopped()));
         let watcher = Watcher::new(
@@ -200,5 +217,23 @@ async fn drain<E: FilterEngine>(shared: &Shared<E>, deadline: Duration) {
             "drain deadline passed with {} stream(s) open; they are cut",
             open()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepted;
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() -> Result<(), Box<dyn std::error::Error>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let incoming = accepted(listener);
+        tokio::pin!(incoming);
+        let _client = tokio::net::TcpStream::connect(addr).await?;
+        let server_side = incoming.next().await.ok_or("no connection accepted")??;
+        assert!(server_side.nodelay()?);
+        Ok(())
     }
 }
