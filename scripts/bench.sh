@@ -7,13 +7,15 @@
 #           the shipped plugin configuration (C: + tenant buckets + endpoint picking), in one run,
 #           against a fast upstream (a second Envoy answering a canned chat completion with
 #           `direct_response`). How to read it: bench/load/README.md.
+#           Variant X: C's plugin configuration run by llm-router-extproc behind Envoy's ext_proc
+#           filter (envoy-config/envoy-extproc.yaml), the server pinned with the gateway.
 #
 # Environment (all optional):
 #   BENCH_SECONDS=10          measured seconds per run (each variant runs a 1 KB and a 32 KB prompt)
 #   BENCH_WARMUP_SECONDS=2    warm-up before each measured run (not counted)
 #   BENCH_CONNECTIONS=32      wrk connections
 #   BENCH_PROMPT_BYTES="1024 32768"   prompt sizes (bytes of prompt text per request)
-#   BENCH_VARIANTS="A B C"    which gateway variants
+#   BENCH_VARIANTS="A B C X"  which gateway variants
 #   BENCH_PORT_BASE=13000     gateway :BASE, admin :BASE+1, upstream admin :BASE+2,
 #                             upstream servers :BASE+101..103 and :BASE+201..202
 #   BENCH_PIN=1               pin the gateway to one CPU and wrk + upstream to the others (taskset)
@@ -31,7 +33,7 @@ RUN_SECONDS=${BENCH_SECONDS:-10}
 WARMUP=${BENCH_WARMUP_SECONDS:-2}
 CONNS=${BENCH_CONNECTIONS:-32}
 PROMPTS=${BENCH_PROMPT_BYTES:-"1024 32768"}
-VARIANTS=${BENCH_VARIANTS:-"A B C"}
+VARIANTS=${BENCH_VARIANTS:-"A B C X"}
 BASE=${BENCH_PORT_BASE:-13000}
 PIN=${BENCH_PIN:-1}
 PARTS=${BENCH_PARTS:-"estimator load"}
@@ -42,6 +44,7 @@ LOCK_WAIT=${BENCH_LOCK_WAIT:-900}
 GW_PORT=$BASE
 GW_ADMIN=$((BASE + 1))
 UP_ADMIN=$((BASE + 2))
+X_PORTS=($((BASE + 3)) $((BASE + 4)) $((BASE + 5)))   # variant X: server gRPC, health, metrics
 UP_PORTS=($((BASE + 101)) $((BASE + 102)) $((BASE + 103)) $((BASE + 201)) $((BASE + 202)))
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
@@ -183,7 +186,7 @@ if ! flock -n 9; then
 fi
 
 busy=()
-for p in "$GW_PORT" "$GW_ADMIN" "$UP_ADMIN" "${UP_PORTS[@]}"; do
+for p in "$GW_PORT" "$GW_ADMIN" "$UP_ADMIN" "${X_PORTS[@]}" "${UP_PORTS[@]}"; do
   if port_busy "$p"; then h=$(holder "$p"); busy+=("127.0.0.1:$p${h:+ (held by $h)}"); fi
 done
 if [ ${#busy[@]} -gt 0 ]; then
@@ -221,10 +224,31 @@ NOTES=()
 export LLM_ROUTER_PUSH_TOKEN
 LLM_ROUTER_PUSH_TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 
+PUSH_PORT=$GW_PORT
 push_snapshot() {
   curl -s --max-time 1 -o /dev/null -w '%{http_code}' -X POST \
     -H "authorization: Bearer $LLM_ROUTER_PUSH_TOKEN" -H 'content-type: application/json' \
-    --data-binary @"$TMP/snapshot.json" "http://127.0.0.1:$GW_PORT$PUSH_PATH" || true
+    --data-binary @"$TMP/snapshot.json" "http://127.0.0.1:$PUSH_PORT$PUSH_PATH" || true
+}
+
+# --- variant X: the ext_proc server -----------------------------------------------------------
+SRV_PID=""
+start_extproc() {  # on the gateway's CPU: its cost is part of the gateway's
+  [ -f "$TMP/gateway-X.yaml" ] || die "variant X: no gateway-X.yaml (envoy-config/envoy-extproc.yaml missing?)"
+  [ -x target/release/llm-router-extproc ] || cargo build -q --release -p llm-router-extproc \
+    || die "variant X: building llm-router-extproc failed"
+  "${GW_PIN[@]}" target/release/llm-router-extproc --wasm dist/llm_router.wasm \
+    --plugin-config "$TMP/plugin-X.json" --plaintext --workers 1 --env LLM_ROUTER_PUSH_TOKEN \
+    --grpc-addr "127.0.0.1:${X_PORTS[0]}" --health-addr "127.0.0.1:${X_PORTS[1]}" \
+    --metrics-addr "127.0.0.1:${X_PORTS[2]}" >"$TMP/extproc.log" 2>&1 </dev/null &
+  SRV_PID=$!; PIDS+=("$SRV_PID")
+  local deadline=$((SECONDS + 30))
+  until grep -q "serving ext_proc on" "$TMP/extproc.log"; do
+    kill -0 "$SRV_PID" 2>/dev/null || die "llm-router-extproc exited: $(tail -5 "$TMP/extproc.log")"
+    [ $SECONDS -lt $deadline ] || die "llm-router-extproc not serving within 30 s"
+    sleep 0.1
+  done
+  PUSH_PORT=${X_PORTS[2]}
 }
 
 for v in $VARIANTS; do
@@ -232,18 +256,21 @@ for v in $VARIANTS; do
     A) vname="no filter" ;;
     B) vname="filter: routing only" ;;
     C) vname="filter: shipped config (+tenants +endpoints)" ;;
-    *) die "unknown variant $v (A, B or C)" ;;
+    X) vname="ext_proc: C's config in llm-router-extproc (FULL_DUPLEX_STREAMED)" ;;
+    *) die "unknown variant $v (A, B, C or X)" ;;
   esac
   echo
   echo "-- variant $v: $vname"
   log="$TMP/gateway-$v.log"
+  PUSH_PORT=$GW_PORT
+  [ "$v" = X ] && start_extproc
   "${GW_PIN[@]}" "$ENVOY" -c "$TMP/gateway-$v.yaml" --concurrency 1 --disable-hot-restart \
     --log-level warn >"$log" 2>&1 </dev/null &
   GW_PID=$!; PIDS+=("$GW_PID")
   wait_ready "$GW_ADMIN" "$GW_PID" "gateway $v" "$log"
 
   PUSH_PID=""
-  if [ "$v" = C ]; then
+  if [ "$v" = C ] || [ "$v" = X ]; then
     code=$(push_snapshot)
     [ "$code" = 204 ] || die "snapshot push answered $code (expected 204); log: $log"
     # Like the sidecar: push again well within stale_after_ms, for the whole run.
@@ -269,9 +296,9 @@ $(grep -E '\]\[(error|critical)\]' "$log" | tail -5)"
   for run in "${runs[@]}"; do
     IFS=: read -r rv pb path <<<"$run"
     run_wrk "$WARMUP" "$pb" "$TMP/warmup-$rv-$pb.txt" "$path"
-    t0=$(cpu_ticks "$GW_PID")
+    t0=$(cpu_ticks "$GW_PID"); [ -n "$SRV_PID" ] && t0=$((t0 + $(cpu_ticks "$SRV_PID")))
     run_wrk "$RUN_SECONDS" "$pb" "$TMP/wrk-$rv-$pb.txt" "$path"
-    t1=$(cpu_ticks "$GW_PID")
+    t1=$(cpu_ticks "$GW_PID"); [ -n "$SRV_PID" ] && t1=$((t1 + $(cpu_ticks "$SRV_PID")))
     rss_after=$(rss_kb "$GW_PID")
     line=$(grep '^WRK ' "$TMP/wrk-$rv-$pb.txt" || true)
     [ -n "$line" ] || die "no result line from wrk:
@@ -286,7 +313,12 @@ $(tail -5 "$TMP/wrk-$rv-$pb.txt")"
       "$rv" "$pb" "$rps" "$p50" "$p99" "$cpu_us" "$cpu_pct" "$non2xx" "$errors"
   done
 
-  if [ "$v" != A ]; then
+  if [ "$v" = X ]; then
+    m=$(curl -s --max-time 2 "http://127.0.0.1:${X_PORTS[2]}/metrics")
+    msum() { echo "$m" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $NF} END {print s + 0}'; }
+    note="variant X: server counted requests_total=$(msum llm_router_requests_total), endpoint_picked=$(msum llm_router_endpoint_picked_total), streams=$(msum llm_router_extproc_streams_total), traps=$(msum llm_router_extproc_traps_total)"
+    echo "   $note"; NOTES+=("$note")
+  elif [ "$v" != A ]; then
     n_req=$(stat_sum "$GW_ADMIN" llm_router_requests_total)
     n_pick=$(stat_sum "$GW_ADMIN" llm_router_endpoint_picked_total)
     n_rl=$(stat_sum "$GW_ADMIN" llm_router_rate_limited_total)
@@ -300,6 +332,7 @@ $(tail -5 "$TMP/wrk-$rv-$pb.txt")"
   curl -s --max-time 2 "http://127.0.0.1:$GW_ADMIN/memory" >"$TMP/memory-$v.json" || true
   [ -n "$PUSH_PID" ] && stop_pid "$PUSH_PID"
   stop_pid "$GW_PID"
+  if [ -n "$SRV_PID" ]; then stop_pid "$SRV_PID"; SRV_PID=""; fi
   if grep -qE '\]\[(error|critical)\]' "$log"; then
     echo "   gateway log has errors:"
     grep -E '\]\[(error|critical)\]' "$log" | sort | uniq -c | sort -rn | head -5 | sed 's/^/     /'
@@ -337,7 +370,10 @@ cat <<'EOF'
   A  = no filter; B = filter, routing only; B0 = filter loaded (B's config) but the path is not
   in `apis`, so the body is not held or read: the filter's fixed floor per request; C = filter with
   the shipped config (tenants + endpoints; tenant limits raised so every request is admitted; a
-  load snapshot pushed every 0.5 s so every request picks an endpoint).
+  load snapshot pushed every 0.5 s so every request picks an endpoint); X = C's plugin
+  configuration in llm-router-extproc (--workers 1, pinned with the gateway) behind the ext_proc
+  filter of envoy-extproc.yaml: X's p50 minus C's is the latency the ext_proc path adds, and
+  its CPU us/req counts the gateway and the server together.
   vs A           requests/s relative to A with the same prompt size (all rows: same wrk, same
                  upstream, same CPU placement).
   CPU us/req     gateway Envoy's CPU time (user+sys, all threads) / requests in the measured run.
