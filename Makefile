@@ -8,7 +8,7 @@ PY := .venv/bin/python
 # `make test-e2e ENVOY_VERSIONS=1.40` runs one.
 ENVOY_VERSIONS ?= 1.36 1.40
 
-.PHONY: help setup build test test-unit test-wasm-unit test-host-sim test-e2e validate lint fmt run bench oci clean
+.PHONY: help setup build test test-unit test-wasm-unit test-host-sim test-extproc test-e2e validate lint fmt run bench oci clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -24,16 +24,19 @@ build: ## Build the filter: dist/llm_router.wasm
 $(WASM): $(shell find filter/src -name '*.rs' 2>/dev/null) filter/Cargo.toml Cargo.toml
 	@scripts/build-wasm.sh
 
-test: lint test-unit test-wasm-unit test-host-sim validate test-e2e ## Everything CI runs: lint, unit (native + wasm32), host-sim, envoy validate, end-to-end
+test: lint test-unit test-wasm-unit test-host-sim test-extproc validate test-e2e ## Everything CI runs: lint, unit (native + wasm32), host-sim, ext_proc server, envoy validate, end-to-end
 
-test-unit: ## Unit tests of the pure logic and the native crates (host-sim and host-engine run in test-host-sim)
-	cargo test --workspace --exclude host-sim --exclude llm-router-host
+test-unit: ## Unit tests of the pure logic and the native crates (the crates that run the .wasm have their own targets)
+	cargo test --workspace --exclude host-sim --exclude llm-router-host --exclude llm-router-extproc
 
 test-wasm-unit: ## The filter's unit tests compiled to wasm32-wasip1 and run under a WASI runtime
 	@scripts/test-wasm-unit.sh
 
 test-host-sim: $(WASM) ## Scenarios on the real .wasm in host-sim, and the production host engine
 	cargo test -p host-sim -p llm-router-host --release
+
+test-extproc: $(WASM) ## The ext_proc server: protocol, gRPC, health, TLS, reload, drain, and the real .wasm behind it
+	cargo test -p llm-router-extproc --release
 
 .PHONY: fuzz
 fuzz: $(WASM) ## Long fuzzing: filter property tests (LLM_ROUTER_FUZZ_ITERS) and the .wasm in host-sim (FUZZ_SECONDS, default 600; FUZZ_SEED=N)
