@@ -12,7 +12,6 @@ mod inflight;
 pub use inflight::PoolInFlight;
 
 use crate::config::{Criticality, Endpoints};
-use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
@@ -20,35 +19,13 @@ use std::net::SocketAddr;
 pub const MAX_ENDPOINTS_PER_POOL: usize = 1024;
 pub const MAX_POOLS: usize = 64;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Endpoint {
-    pub address: String,
-    #[serde(default)]
-    pub waiting: u64,
-    #[serde(default)]
-    pub running: u64,
-    #[serde(default)]
-    pub kv_cache: f64,
-    /// The sidecar could scrape it (absent = healthy, the original snapshot format).
-    #[serde(default = "yes")]
-    pub healthy: bool,
-}
-
-fn yes() -> bool {
-    true
-}
+/// One endpoint's load, as the sidecar pushes it (the wire type is shared with the sidecar).
+pub use llm_router_snapshot::Endpoint;
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Snapshot {
     /// (pool name, endpoints), in the snapshot's order.
     pub pools: Vec<(String, Vec<Endpoint>)>,
-}
-
-#[derive(Deserialize)]
-struct WireSnapshot {
-    pools: std::collections::BTreeMap<String, Vec<Endpoint>>,
-    // `generated_at_ms`, `seq` and other fields are accepted and ignored: staleness is judged
-    // by arrival time at the proxy, which needs no clock agreement with the sidecar.
 }
 
 impl Snapshot {
@@ -58,7 +35,9 @@ impl Snapshot {
     /// a metric label and an in-flight key); an address listed twice in one pool is kept once
     /// (its first entry).
     pub fn parse(body: &[u8]) -> Result<Snapshot, String> {
-        let wire: WireSnapshot =
+        // `generated_at_ms`, `seq` and other fields are accepted and ignored: staleness is judged
+        // by arrival time at the proxy, which needs no clock agreement with the sidecar.
+        let wire: llm_router_snapshot::LoadSnapshot =
             serde_json::from_slice(body).map_err(|e| format!("malformed snapshot: {e}"))?;
         if wire.pools.len() > MAX_POOLS {
             return Err(format!("more than {MAX_POOLS} pools"));
