@@ -8,7 +8,7 @@ PY := .venv/bin/python
 # `make test-e2e ENVOY_VERSIONS=1.40` runs one.
 ENVOY_VERSIONS ?= 1.36 1.40
 
-.PHONY: help setup build test test-unit test-wasm-unit test-host-sim test-extproc test-e2e validate lint fmt run bench oci clean
+.PHONY: help setup build test test-unit test-wasm-unit test-host-sim test-extproc test-e2e validate lint fmt run bench oci oci-extproc clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -16,6 +16,7 @@ help: ## List the targets
 setup: ## Install what builds and tests need (wasm toolchain, Envoy, Python test tools); idempotent
 	@scripts/envoy-bin.sh >/dev/null
 	@scripts/setup-python.sh
+	@scripts/setup-k8s-schemas.sh
 	@for v in $(ENVOY_VERSIONS); do ENVOY_VERSION=$$v scripts/envoy-bin.sh >/dev/null || exit 1; done
 
 build: ## Build the filter: dist/llm_router.wasm
@@ -67,6 +68,10 @@ bench: $(WASM) setup ## Benchmarks: estimator accuracy vs tiktoken, Envoy with v
 
 oci: $(WASM) ## OCI image of the filter for Istio's WasmPlugin (no Docker daemon needed)
 	@scripts/oci.sh
+
+oci-extproc: $(WASM) ## OCI image of llm-router-extproc + sidecar (deploy/extproc/; no Docker daemon needed)
+	cargo build --release -p llm-router-extproc -p llm-router-sidecar
+	@scripts/oci-extproc.sh
 
 clean: ## Remove build outputs
 	cargo clean
