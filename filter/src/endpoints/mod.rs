@@ -134,6 +134,29 @@ pub enum Pick {
     Shed,
     /// No usable endpoint (none healthy): leave it to the gateway's load balancing.
     NoEndpoint,
+    /// The gateway allowed only a subset of endpoints and no healthy one of the pool is in it:
+    /// answer 503 (the Inference Extension's subset-hint rule).
+    NotInSubset,
+}
+
+/// The endpoints a gateway allows for one request (the Inference Extension's subset hint,
+/// `ip:port` separated by commas), canonical like snapshot addresses. Entries that are not
+/// `ip:port` are dropped; at most `MAX_ENDPOINTS_PER_POOL` are read.
+pub fn parse_subset(list: &str) -> Vec<SocketAddr> {
+    list.split(',')
+        .filter_map(|a| a.trim().parse::<SocketAddr>().ok())
+        .take(MAX_ENDPOINTS_PER_POOL)
+        .collect()
+}
+
+fn allowed(e: &Endpoint, subset: Option<&[SocketAddr]>) -> bool {
+    match subset {
+        None => true,
+        Some(list) => e
+            .address
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| list.contains(&a)),
+    }
 }
 
 /// Whether an endpoint cannot take more work (`extra` = requests sent since the snapshot).
@@ -164,22 +187,27 @@ fn shorten(s: &str) -> String {
 const TIE: f64 = 1e-9;
 
 /// Picks an endpoint. `extra(i)` is the number of requests sent to endpoint `i` since the
-/// snapshot; `roll` is a random number for tie-breaking.
+/// snapshot; `subset` the endpoints the gateway allows (`None`: all); `roll` is a random
+/// number for tie-breaking.
 pub fn pick(
     pool: &[Endpoint],
     extra: impl Fn(usize) -> u64,
     cfg: &Endpoints,
     criticality: Criticality,
+    subset: Option<&[SocketAddr]>,
     roll: u64,
 ) -> Pick {
     let healthy: Vec<(usize, u64)> = pool
         .iter()
         .enumerate()
-        .filter(|(_, e)| e.healthy)
+        .filter(|(_, e)| e.healthy && allowed(e, subset))
         .map(|(i, _)| (i, extra(i)))
         .collect();
     if healthy.is_empty() {
-        return Pick::NoEndpoint;
+        return match subset {
+            Some(_) => Pick::NotInSubset,
+            None => Pick::NoEndpoint,
+        };
     }
     let open: Vec<(usize, u64)> = healthy
         .iter()
