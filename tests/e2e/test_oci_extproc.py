@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tarfile
@@ -116,12 +117,14 @@ def test_image_runs_without_host_files(built, tmp_path):
     with tarfile.open(fileobj=io.BytesIO(tar_b)) as tf:
         tf.extractall(root, filter="tar")
     user = cfg["config"]["User"]
-    r = subprocess.run(["chroot", f"--userspec={user}", str(root), "/usr/local/bin/llm-router-sidecar", "--help"],
+    # Resolved here: the server below runs with the image's PATH only.
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+    r = subprocess.run([chroot, f"--userspec={user}", str(root), "/usr/local/bin/llm-router-sidecar", "--help"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     grpc, health, metrics = harness.free_port(), harness.free_port(), harness.free_port()
     token = "image-test-token"
-    cmd = ["chroot", f"--userspec={user}", str(root)] + cfg["config"]["Entrypoint"] + cfg["config"]["Cmd"] + [
+    cmd = [chroot, f"--userspec={user}", str(root)] + cfg["config"]["Entrypoint"] + cfg["config"]["Cmd"] + [
         "--plaintext", f"--grpc-addr=127.0.0.1:{grpc}", f"--health-addr=127.0.0.1:{health}",
         f"--metrics-addr=127.0.0.1:{metrics}", "--workers=1", "--env=LLM_ROUTER_PUSH_TOKEN"]
     env = {"PATH": "/usr/local/bin", "LLM_ROUTER_PUSH_TOKEN": token}
