@@ -24,6 +24,11 @@ fn engine() -> Result<Engine> {
     }
     let mut config = Config::new();
     config.consume_fuel(true);
+    // `LLM_ROUTER_PERFMAP=1`: write /tmp/perf-PID.map so `perf record` names the guest's
+    // functions (profiling the filter: see bench/README.md).
+    if std::env::var_os("LLM_ROUTER_PERFMAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let e = Engine::new(&config)?;
     Ok(ENGINE.get_or_init(|| e).clone())
 }
