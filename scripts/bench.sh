@@ -398,10 +398,15 @@ fi
 # --- memory per worker VM -------------------------------------------------------------------
 if has_part memory; then
   echo
-  echo "== Resident memory per added worker (--concurrency 1 vs 4, after one request) ======="
+  echo "== Resident memory per added worker (--concurrency 1 vs 4, after 3 s of 256 KB prompts) ="
   for v in A C; do
-    start_gateway "$v" 1; sleep 1; one=$(rss_kb "$GW_PID"); stop_pid "$GW_PID"
-    start_gateway "$v" 4; sleep 1; four=$(rss_kb "$GW_PID"); stop_pid "$GW_PID"
+    for c in 1 4; do
+      start_gateway "$v" "$c"
+      # Load on every worker (16 connections spread over them), so each VM has done its work.
+      run_wrk "$(gw_port "$v")" 3 262144 "$TMP/memory-$v-$c.txt"
+      if [ "$c" = 1 ]; then one=$(rss_kb "$GW_PID"); else four=$(rss_kb "$GW_PID"); fi
+      stop_pid "$GW_PID"
+    done
     awk -v v="$v $(vname "$v")" -v a="$one" -v b="$four" \
       'BEGIN { printf "  %-30s 1 worker %.1f MiB, 4 workers %.1f MiB: %.1f MiB per added worker\n", v, a / 1024, b / 1024, (b - a) / 3 / 1024 }'
   done
