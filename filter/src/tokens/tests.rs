@@ -383,7 +383,9 @@ fn prose_fast_path_matches_the_per_char_path() {
         seed ^= seed << 17;
         seed % m
     };
-    let gaps = [" ", " ", " ", ", ", ". ", "  ", ",", ".\n", " 7", "; ", "é "];
+    let gaps = [
+        " ", " ", " ", ", ", ". ", "  ", ",", ".\n", " 7", "; ", "é ",
+    ];
     for round in 0..crate::testutil::iters(3000) {
         let mut text = String::new();
         for _ in 0..next(60) {
@@ -400,7 +402,10 @@ fn prose_fast_path_matches_the_per_char_path() {
                 };
                 text.push(if upper { c.to_ascii_uppercase() } else { c });
             }
-            let g = gaps.get(next(gaps.len() as u64) as usize).copied().unwrap_or(" ");
+            let g = gaps
+                .get(next(gaps.len() as u64) as usize)
+                .copied()
+                .unwrap_or(" ");
             text.push_str(g);
         }
         assert_eq!(
