@@ -63,7 +63,7 @@ run: $(WASM) setup ## Envoy with the filter, mock model servers and the sidecar 
 	cargo build --release -p llm-router-sidecar
 	@scripts/run.sh
 
-bench: $(WASM) setup ## Benchmarks: estimator accuracy vs tiktoken, Envoy with vs without the filter
+bench: $(WASM) setup ## Benchmarks: estimator accuracy, instructions per request (host-sim cost), Envoy: passthrough/buffer/Lua/filter, memory
 	@scripts/bench.sh
 
 oci: $(WASM) ## OCI image of the filter for Istio's WasmPlugin (no Docker daemon needed)
