@@ -47,7 +47,7 @@ validate: $(WASM) setup ## envoy --mode validate on every config in envoy-config
 	@for v in $(ENVOY_VERSIONS); do echo "== Envoy $$v"; ENVOY_VERSION=$$v scripts/validate-envoy.sh || exit 1; done
 
 test-e2e: $(WASM) setup ## End-to-end tests against a real Envoy, on each of ENVOY_VERSIONS
-	cargo build --release -p llm-router-sidecar
+	cargo build --release -p llm-router-sidecar -p llm-router-extproc
 	@# The lock keeps concurrent runs on one machine (fixed ports) from colliding.
 	@# Every version runs even when one fails, so a failure shows whether it depends on the version.
 	@rc=0; for v in $(ENVOY_VERSIONS); do echo "== e2e on Envoy $$v"; \
@@ -60,7 +60,7 @@ fmt: ## Format the Rust code
 	cargo fmt --all
 
 run: $(WASM) setup ## Envoy with the filter, mock model servers and the sidecar on localhost
-	cargo build --release -p llm-router-sidecar
+	cargo build --release -p llm-router-sidecar -p llm-router-extproc
 	@scripts/run.sh
 
 bench: $(WASM) setup ## Benchmarks: estimator accuracy, instructions per request (host-sim cost), Envoy: passthrough/buffer/Lua/filter, memory

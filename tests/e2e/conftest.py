@@ -7,6 +7,7 @@ Fixtures
     envoy_factory     (function) start Envoy on any config; stopped after the test
     mocks_factory     (function) start mock servers; stopped after the test
     process_factory   (function) start another helper process (e.g. the sidecar); stopped after
+    extproc_factory   (function) start llm-router-extproc (harness.start_extproc); stopped after
 
 When a test fails, the part of every Envoy log written while the test ran (and the mock servers'
 log) is attached to the failure report. Set E2E_KEEP_LOGS=1 to keep all logs after the session.
@@ -74,6 +75,19 @@ def process_factory():
     with contextlib.ExitStack() as stack:
         def start(cmd, name, **kw):
             return stack.enter_context(harness.start_process(cmd, name, **kw))
+        yield start
+
+
+@pytest.fixture
+def extproc_factory():
+    """srv = extproc_factory(plugin_config_dict, tls=False, fail_open=False, env={...})
+    A missing binary or .wasm fails the test (never skips)."""
+    with contextlib.ExitStack() as stack:
+        def start(plugin_config, **kw):
+            try:
+                return stack.enter_context(harness.start_extproc(plugin_config, **kw))
+            except FileNotFoundError as e:
+                pytest.fail(str(e), pytrace=False)
         yield start
 
 

@@ -7,6 +7,7 @@ Processes
     start_envoy(config, ...)             context manager -> EnvoyProcess (waits for LIVE + listeners)
     start_mocks(instances, ...)          context manager -> MockServers (tests/mock_server.py)
     start_process(cmd, name, ...)        context manager -> ManagedProcess (e.g. the sidecar)
+    start_extproc(plugin_config, ...)    context manager -> ExtProcServer (llm-router-extproc)
     check_ports_free(ports, what)        raise PortInUse with who holds them
 
 HTTP (each call opens its own connection; default target is the Envoy listener 127.0.0.1:10000)
@@ -662,6 +663,90 @@ def start_process(cmd: Sequence[str], name: str, wait_ports: Iterable[int] = (),
         yield mp
     finally:
         mp.stop()
+
+
+EXTPROC_BIN = REPO_ROOT / "target" / "release" / "llm-router-extproc"
+
+
+@dataclass
+class ExtProcServer:
+    """A running llm-router-extproc (its log is dumped on test failure like the sidecar's)."""
+    process: ManagedProcess
+    grpc_port: int
+    health_port: int
+    metrics_port: int
+    plugin_config_path: Path
+    tls: bool
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process.running()
+
+    def log_text(self, since: int = 0) -> str:
+        return self.process.log_text(since)
+
+    def metrics(self) -> str:
+        """Text of the server's Prometheus /metrics."""
+        r = get("/metrics", port=self.metrics_port)
+        if r.status != 200:
+            raise AssertionError(f"extproc /metrics: {r.status} {r.text[:300]}")
+        return r.text
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies without draining (a crash)."""
+        if self.process.proc.poll() is None:
+            self.process.proc.kill()
+            self.process.proc.wait(5)
+
+
+@contextlib.contextmanager
+def start_extproc(plugin_config: Mapping[str, Any] | str | os.PathLike, tls: bool = False,
+                  fail_open: bool = False, workers: int = 2, env: Mapping[str, str] | None = None,
+                  extra_args: Sequence[str] = (), timeout: float = 30.0) -> Iterator[ExtProcServer]:
+    """Run target/release/llm-router-extproc on dist/llm_router.wasm with free ports for gRPC,
+    health and metrics; plaintext unless `tls` (then its generated self-signed certificate).
+    `plugin_config` is a dict (written to a file) or a path. Returns once it logged that it
+    serves (module compiled and configured on every worker); SIGTERM on exit.
+
+        with start_extproc(plugin, env={"LLM_ROUTER_PUSH_TOKEN": "t"}) as srv:
+            srv.grpc_port, srv.metrics()
+    """
+    for what, path in (("llm-router-extproc", EXTPROC_BIN), ("the filter", WASM_PATH)):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path} ({what}) is missing: run `make build` and "
+                                    "`cargo build --release -p llm-router-extproc`")
+    if isinstance(plugin_config, Mapping):
+        cfg_path = write_config(json.dumps(plugin_config, indent=2), "plugin.json")
+    else:
+        cfg_path = Path(plugin_config)
+    grpc, health, metrics = free_port(), free_port(), free_port()
+    cmd = [str(EXTPROC_BIN), "--wasm", str(WASM_PATH), "--plugin-config", str(cfg_path),
+           "--grpc-addr", f"{HOST}:{grpc}", "--health-addr", f"{HOST}:{health}",
+           "--metrics-addr", f"{HOST}:{metrics}", "--workers", str(workers),
+           "--drain-seconds", "1"]
+    if not tls:
+        cmd.append("--plaintext")
+    if fail_open:
+        cmd.append("--fail-open")
+    for name in (env or {}):
+        cmd += ["--env", name]
+    cmd += list(extra_args)
+    with start_process(cmd, "llm-router-extproc", wait_ports=(health,), env=env,
+                       timeout=timeout) as mp:
+        try:
+            wait_for(lambda: "serving ext_proc on" in mp.log_text() or not mp.running(),
+                     timeout=timeout, what="llm-router-extproc to serve")
+        except AssertionError:
+            raise RuntimeError(f"llm-router-extproc did not start:\n{mp.log_text()}") from None
+        if not mp.running():
+            raise RuntimeError(f"llm-router-extproc exited with {mp.proc.returncode}:\n"
+                               f"{mp.log_text()}")
+        wait_for_port(grpc, HOST, timeout, mp.proc)
+        wait_for_port(metrics, HOST, timeout, mp.proc)
+        yield ExtProcServer(mp, grpc, health, metrics, cfg_path, tls)
 
 
 def mock_prompt_tokens(body: Any) -> int:

@@ -133,16 +133,22 @@ def test_scenario_config_matches_envoy_yaml():
 
 @pytest.mark.parametrize("sc", SCENARIOS, ids=[s["name"] for s in SCENARIOS])
 def test_scenario(envoy, mocks, sc):
+    check_scenario(sc, mocks)
+
+
+def check_scenario(sc: dict, mocks, port: int = harness.LISTENER_PORT) -> None:
+    """Send one scenario of routing.json to the gateway on `port` and check what the upstream
+    received (test_extproc.py runs the same table through Envoy + ext_proc)."""
     req, exp = sc["request"], sc["expect"]
     if exp.get("passthrough") and req.get("method", "POST") == "POST":
         # The filter lets it through untouched (host-sim checks that); envoy.yaml's route config
         # then refuses a POST the filter did not inspect, so it never reaches a model pool.
         before = total_served(mocks)
-        r, _, _ = send_scenario(req)
+        r, _, _ = send_scenario(req, port)
         assert r.status == 404 and r.mock is None, (r.status, r.text[:300])
         assert total_served(mocks) == before
         return
-    r, sent, sent_headers = send_scenario(req)
+    r, sent, sent_headers = send_scenario(req, port)
     echo = r.mock
     assert echo is not None, f"no mock echo (request did not reach upstream?): {r.status} {r.text[:500]}"
     h = echo["headers"]
