@@ -8,7 +8,7 @@ PY := .venv/bin/python
 # `make test-e2e ENVOY_VERSIONS=1.40` runs one.
 ENVOY_VERSIONS ?= 1.36 1.40
 
-.PHONY: help setup build test test-unit test-wasm-unit test-host-sim test-e2e validate lint fmt run bench oci clean
+.PHONY: help setup build test test-unit test-wasm-unit test-host-sim test-extproc test-e2e validate lint fmt run bench oci oci-extproc clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -16,6 +16,7 @@ help: ## List the targets
 setup: ## Install what builds and tests need (wasm toolchain, Envoy, Python test tools); idempotent
 	@scripts/envoy-bin.sh >/dev/null
 	@scripts/setup-python.sh
+	@scripts/setup-k8s-schemas.sh
 	@for v in $(ENVOY_VERSIONS); do ENVOY_VERSION=$$v scripts/envoy-bin.sh >/dev/null || exit 1; done
 
 build: ## Build the filter: dist/llm_router.wasm
@@ -24,16 +25,19 @@ build: ## Build the filter: dist/llm_router.wasm
 $(WASM): $(shell find filter/src -name '*.rs' 2>/dev/null) filter/Cargo.toml Cargo.toml
 	@scripts/build-wasm.sh
 
-test: lint test-unit test-wasm-unit test-host-sim validate test-e2e ## Everything CI runs: lint, unit (native + wasm32), host-sim, envoy validate, end-to-end
+test: lint test-unit test-wasm-unit test-host-sim test-extproc validate test-e2e ## Everything CI runs: lint, unit (native + wasm32), host-sim, ext_proc server, envoy validate, end-to-end
 
-test-unit: ## Unit tests of the pure logic and the native crates (host-sim and host-engine run in test-host-sim)
-	cargo test --workspace --exclude host-sim --exclude llm-router-host
+test-unit: ## Unit tests of the pure logic and the native crates (the crates that run the .wasm have their own targets)
+	cargo test --workspace --exclude host-sim --exclude llm-router-host --exclude llm-router-extproc
 
 test-wasm-unit: ## The filter's unit tests compiled to wasm32-wasip1 and run under a WASI runtime
 	@scripts/test-wasm-unit.sh
 
 test-host-sim: $(WASM) ## Scenarios on the real .wasm in host-sim, and the production host engine
 	cargo test -p host-sim -p llm-router-host --release
+
+test-extproc: $(WASM) ## The ext_proc server: protocol, gRPC, health, TLS, reload, drain, and the real .wasm behind it
+	cargo test -p llm-router-extproc --release
 
 .PHONY: fuzz
 fuzz: $(WASM) ## Long fuzzing: filter property tests (LLM_ROUTER_FUZZ_ITERS) and the .wasm in host-sim (FUZZ_SECONDS, default 600; FUZZ_SEED=N)
@@ -59,11 +63,15 @@ run: $(WASM) setup ## Envoy with the filter, mock model servers and the sidecar 
 	cargo build --release -p llm-router-sidecar -p llm-router-extproc
 	@scripts/run.sh
 
-bench: $(WASM) setup ## Benchmarks: estimator accuracy vs tiktoken, Envoy with vs without the filter
+bench: $(WASM) setup ## Benchmarks: estimator accuracy, instructions per request (host-sim cost), Envoy: passthrough/buffer/Lua/filter, memory
 	@scripts/bench.sh
 
 oci: $(WASM) ## OCI image of the filter for Istio's WasmPlugin (no Docker daemon needed)
 	@scripts/oci.sh
+
+oci-extproc: $(WASM) ## OCI image of llm-router-extproc + sidecar (deploy/extproc/; no Docker daemon needed)
+	cargo build --release -p llm-router-extproc -p llm-router-sidecar
+	@scripts/oci-extproc.sh
 
 clean: ## Remove build outputs
 	cargo clean

@@ -3,24 +3,27 @@
 #
 #   part 1  token estimator accuracy against tiktoken (bench/ crate, estimator-accuracy binary),
 #           then native throughput of the estimator and body inspection (filter-throughput)
-#   part 2  load test: Envoy without the filter (A), with the filter doing routing only (B), with
-#           the shipped plugin configuration (C: + tenant buckets + endpoint picking), in one run,
+#   part 2  deterministic cost: wasm instructions and host calls per request and per callback
+#           (`host-sim cost`, checked against bench/cost-budget.json)
+#   part 3  load test, one interleaved run: passthrough (A), Envoy's `buffer` filter (F), the Lua
+#           anchor (L: bench/load/anchor.lua), the filter with routing only (B) and with the
+#           shipped configuration (C: + tenants + metrics + endpoint picking), each at every
+#           prompt size, rounds interleaved so that a noisy minute hits every variant alike;
 #           against a fast upstream (a second Envoy answering a canned chat completion with
-#           `direct_response`). How to read it: bench/load/README.md.
-#           Variant X: C's plugin configuration run by llm-router-extproc behind Envoy's ext_proc
-#           filter (envoy-config/envoy-extproc.yaml), the server pinned with the gateway.
+#           `direct_response`). Then the resident memory of a worker VM (--concurrency 1 vs 4).
+#           How to read it: bench/load/README.md.
 #
 # Environment (all optional):
-#   BENCH_SECONDS=10          measured seconds per run (each variant runs a 1 KB and a 32 KB prompt)
-#   BENCH_WARMUP_SECONDS=2    warm-up before each measured run (not counted)
-#   BENCH_CONNECTIONS=32      wrk connections
-#   BENCH_PROMPT_BYTES="1024 32768"   prompt sizes (bytes of prompt text per request)
-#   BENCH_VARIANTS="A B C X"  which gateway variants
-#   BENCH_PORT_BASE=13000     gateway :BASE, admin :BASE+1, upstream admin :BASE+2,
-#                             upstream servers :BASE+101..103 and :BASE+201..202
-#   BENCH_PIN=1               pin the gateway to one CPU and wrk + upstream to the others (taskset)
-#   BENCH_PARTS="estimator load"      which parts to run
-#   BENCH_FLOOR=1             in variant B, also a run on a path the filter does not inspect (B0)
+#   BENCH_SECONDS=5           measured seconds per run (one variant, one prompt size, one round)
+#   BENCH_WARMUP_SECONDS=1    warm-up before each measured run (not counted)
+#   BENCH_ROUNDS=2            interleaved rounds (figures are summed over rounds)
+#   BENCH_CONNECTIONS=16      wrk connections
+#   BENCH_PROMPT_BYTES="2048 32768 262144"   prompt sizes (bytes of prompt text per request)
+#   BENCH_VARIANTS="A F L B C"               which gateway variants
+#   BENCH_PORT_BASE=13000     upstream admin :BASE+2, upstream servers :BASE+101..103 and
+#                             :BASE+201..202, gateway k (A F L B C) :BASE+10+2k, admin :BASE+11+2k
+#   BENCH_PIN=1               pin the gateways to one CPU and wrk + upstream to the others (taskset)
+#   BENCH_PARTS="estimator cost load memory"   which parts to run
 #   BENCH_LOCK_WAIT=900       seconds to wait for /tmp/llm-router-e2e.lock (held during the load test)
 #   BENCH_KEEP=1              keep the temp dir (configs, Envoy logs, raw wrk output)
 #   BENCH_ACCESS_LOG=1        keep the shipped access log in the gateway (to a file)
@@ -29,22 +32,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-RUN_SECONDS=${BENCH_SECONDS:-10}
-WARMUP=${BENCH_WARMUP_SECONDS:-2}
-CONNS=${BENCH_CONNECTIONS:-32}
-PROMPTS=${BENCH_PROMPT_BYTES:-"1024 32768"}
-VARIANTS=${BENCH_VARIANTS:-"A B C X"}
+RUN_SECONDS=${BENCH_SECONDS:-5}
+WARMUP=${BENCH_WARMUP_SECONDS:-1}
+ROUNDS=${BENCH_ROUNDS:-2}
+CONNS=${BENCH_CONNECTIONS:-16}
+PROMPTS=${BENCH_PROMPT_BYTES:-"2048 32768 262144"}
+VARIANTS=${BENCH_VARIANTS:-"A F L B C"}
 BASE=${BENCH_PORT_BASE:-13000}
 PIN=${BENCH_PIN:-1}
-PARTS=${BENCH_PARTS:-"estimator load"}
-FLOOR=${BENCH_FLOOR:-1}
+PARTS=${BENCH_PARTS:-"estimator cost load memory"}
 LOCK=/tmp/llm-router-e2e.lock
 LOCK_WAIT=${BENCH_LOCK_WAIT:-900}
 
-GW_PORT=$BASE
-GW_ADMIN=$((BASE + 1))
+ALL_VARIANTS=(A F L B C)   # the order of gen-configs.py's VARIANTS (ports)
 UP_ADMIN=$((BASE + 2))
-X_PORTS=($((BASE + 3)) $((BASE + 4)) $((BASE + 5)))   # variant X: server gRPC, health, metrics
 UP_PORTS=($((BASE + 101)) $((BASE + 102)) $((BASE + 103)) $((BASE + 201)) $((BASE + 202)))
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
@@ -68,12 +69,22 @@ if has_part estimator; then
   fi
   echo
 fi
-has_part load || exit $status
 
 # ============================================================================================
-# Part 2: load test
+# Part 2: deterministic cost (no clock involved)
 # ============================================================================================
-echo "== Part 2: load test, Envoy with vs without the filter ==========================="
+if has_part cost; then
+  echo "== Part 2: wasm instructions and host calls per request (host-sim cost) ========"
+  [ -f dist/llm_router.wasm ] || die "dist/llm_router.wasm is missing: run \`make build\`"
+  cargo run -q --release -p host-sim -- cost --check bench/cost-budget.json || status=1
+  echo
+fi
+has_part load || has_part memory || exit $status
+
+# ============================================================================================
+# Part 3: load test
+# ============================================================================================
+echo "== Part 3: load test, one interleaved run =========================================="
 
 # --- tools ----------------------------------------------------------------------------------
 [ -f dist/llm_router.wasm ] || die "dist/llm_router.wasm is missing: run \`make build\`"
@@ -173,8 +184,8 @@ echo "           $envoy_version"
 echo "wrk        $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')"
 echo "filter     dist/llm_router.wasm ($wasm_size bytes, sha256 $wasm_sha…), git $git_rev$git_dirty"
 echo "machine    $NCPU CPUs ($cpu_model), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "setup      gateway --concurrency 1, $placement"
-echo "           wrk $WRK_THREADS thread(s), $CONNS connections, ${WARMUP}s warm-up + ${RUN_SECONDS}s per run"
+echo "setup      every gateway --concurrency 1, $placement"
+echo "           wrk $WRK_THREADS thread(s), $CONNS connections, ${WARMUP}s warm-up + ${RUN_SECONDS}s per run, $ROUNDS interleaved rounds"
 echo "           prompts: $PROMPTS bytes; variants: $VARIANTS"
 
 # --- lock -----------------------------------------------------------------------------------
@@ -185,9 +196,25 @@ if ! flock -n 9; then
   flock -w "$LOCK_WAIT" 9 || die "could not take $LOCK within ${LOCK_WAIT}s"
 fi
 
+gw_port() {  # variant: its gateway's listener port (gen-configs.py's `ports`)
+  local k
+  for k in "${!ALL_VARIANTS[@]}"; do
+    if [ "${ALL_VARIANTS[$k]}" = "$1" ]; then echo $((BASE + 10 + 2 * k)); fi
+  done
+}
+gw_admin() { echo $(($(gw_port "$1") + 1)); }
+for v in $VARIANTS; do
+  [ -n "$(gw_port "$v")" ] || die "unknown variant $v (A F L B C)"
+done
+
 busy=()
-for p in "$GW_PORT" "$GW_ADMIN" "$UP_ADMIN" "${X_PORTS[@]}" "${UP_PORTS[@]}"; do
+for p in "$UP_ADMIN" "${UP_PORTS[@]}"; do
   if port_busy "$p"; then h=$(holder "$p"); busy+=("127.0.0.1:$p${h:+ (held by $h)}"); fi
+done
+for v in $VARIANTS; do
+  for p in "$(gw_port "$v")" "$(gw_admin "$v")"; do
+    if port_busy "$p"; then h=$(holder "$p"); busy+=("127.0.0.1:$p${h:+ (held by $h)}"); fi
+  done
 done
 if [ ${#busy[@]} -gt 0 ]; then
   printf 'bench.sh: port(s) already in use:\n' >&2
@@ -212,181 +239,177 @@ stat_sum() {  # admin_port name-substring: sum of the counters whose name contai
     | awk -F': ' '$2 ~ /^[0-9]+$/ {s += $2} END {print s + 0}'
 }
 
-run_wrk() {  # seconds prompt_bytes outfile [path]
-  "${LOAD_PIN[@]}" wrk -t "$WRK_THREADS" -c "$CONNS" -d "${1}s" --timeout 5s \
-    -s bench/load/chat.lua "http://127.0.0.1:$GW_PORT" -- "$2" 8 "${4:-/v1/chat/completions}" >"$3" 2>&1 \
+run_wrk() {  # port seconds prompt_bytes outfile
+  "${LOAD_PIN[@]}" wrk -t "$WRK_THREADS" -c "$CONNS" -d "${2}s" --timeout 5s \
+    -s bench/load/chat.lua "http://127.0.0.1:$1" -- "$3" 8 /v1/chat/completions >"$4" 2>&1 \
     || die "wrk failed:
-$(tail -5 "$3")"
+$(tail -5 "$4")"
 }
 
-RESULTS=()   # "variant prompt rps p50 p99 non2xx errors cpu_us_per_req cpu_pct rss_idle rss_after"
-NOTES=()
 export LLM_ROUTER_PUSH_TOKEN
 LLM_ROUTER_PUSH_TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 
-PUSH_PORT=$GW_PORT
-push_snapshot() {
+push_snapshot() {  # port
   curl -s --max-time 1 -o /dev/null -w '%{http_code}' -X POST \
     -H "authorization: Bearer $LLM_ROUTER_PUSH_TOKEN" -H 'content-type: application/json' \
-    --data-binary @"$TMP/snapshot.json" "http://127.0.0.1:$PUSH_PORT$PUSH_PATH" || true
+    --data-binary @"$TMP/snapshot.json" "http://127.0.0.1:$1$PUSH_PATH" || true
 }
 
-# --- variant X: the ext_proc server -----------------------------------------------------------
-SRV_PID=""
-start_extproc() {  # on the gateway's CPU: its cost is part of the gateway's
-  [ -f "$TMP/gateway-X.yaml" ] || die "variant X: no gateway-X.yaml (envoy-config/envoy-extproc.yaml missing?)"
-  [ -x target/release/llm-router-extproc ] || cargo build -q --release -p llm-router-extproc \
-    || die "variant X: building llm-router-extproc failed"
-  "${GW_PIN[@]}" target/release/llm-router-extproc --wasm dist/llm_router.wasm \
-    --plugin-config "$TMP/plugin-X.json" --plaintext --workers 1 --env LLM_ROUTER_PUSH_TOKEN \
-    --grpc-addr "127.0.0.1:${X_PORTS[0]}" --health-addr "127.0.0.1:${X_PORTS[1]}" \
-    --metrics-addr "127.0.0.1:${X_PORTS[2]}" >"$TMP/extproc.log" 2>&1 </dev/null &
-  SRV_PID=$!; PIDS+=("$SRV_PID")
-  local deadline=$((SECONDS + 30))
-  until grep -q "serving ext_proc on" "$TMP/extproc.log"; do
-    kill -0 "$SRV_PID" 2>/dev/null || die "llm-router-extproc exited: $(tail -5 "$TMP/extproc.log")"
-    [ $SECONDS -lt $deadline ] || die "llm-router-extproc not serving within 30 s"
-    sleep 0.1
-  done
-  PUSH_PORT=${X_PORTS[2]}
-}
-
-for v in $VARIANTS; do
-  case $v in
-    A) vname="no filter" ;;
-    B) vname="filter: routing only" ;;
-    C) vname="filter: shipped config (+tenants +endpoints)" ;;
-    X) vname="ext_proc: C's config in llm-router-extproc (FULL_DUPLEX_STREAMED)" ;;
-    *) die "unknown variant $v (A, B, C or X)" ;;
-  esac
-  echo
-  echo "-- variant $v: $vname"
-  log="$TMP/gateway-$v.log"
-  PUSH_PORT=$GW_PORT
-  [ "$v" = X ] && start_extproc
-  "${GW_PIN[@]}" "$ENVOY" -c "$TMP/gateway-$v.yaml" --concurrency 1 --disable-hot-restart \
+start_gateway() {  # variant concurrency -> sets GW_PID
+  local v=$1 log="$TMP/gateway-$1-c$2.log" probe code
+  "${GW_PIN[@]}" "$ENVOY" -c "$TMP/gateway-$v.yaml" --concurrency "$2" --disable-hot-restart \
     --log-level warn >"$log" 2>&1 </dev/null &
   GW_PID=$!; PIDS+=("$GW_PID")
-  wait_ready "$GW_ADMIN" "$GW_PID" "gateway $v" "$log"
-
-  PUSH_PID=""
-  if [ "$v" = C ] || [ "$v" = X ]; then
-    code=$(push_snapshot)
+  wait_ready "$(gw_admin "$v")" "$GW_PID" "gateway $v" "$log"
+  if [ "$v" = C ]; then
+    code=$(push_snapshot "$(gw_port C)")
     [ "$code" = 204 ] || die "snapshot push answered $code (expected 204); log: $log"
-    # Like the sidecar: push again well within stale_after_ms, for the whole run.
-    ( while sleep 0.5; do push_snapshot >/dev/null; done ) </dev/null >/dev/null 2>&1 &
-    PUSH_PID=$!; PIDS+=("$PUSH_PID")
   fi
-
   # One request first: it must succeed, or the figures would measure an error path.
-  probe=$(curl -s --max-time 5 -D "$TMP/probe-$v.h" -o "$TMP/probe-$v.b" -w '%{http_code}' \
+  probe=$(curl -s --max-time 5 -o "$TMP/probe-$v.b" -w '%{http_code}' \
     -H 'content-type: application/json' -H 'x-tenant-id: team-1' \
-    "http://127.0.0.1:$GW_PORT/v1/chat/completions" \
+    "http://127.0.0.1:$(gw_port "$v")/v1/chat/completions" \
     -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}],"max_tokens":16}' || true)
   [ "$probe" = 200 ] || die "variant $v: probe request answered ${probe:-nothing} (expected 200):
-$(cat "$TMP/probe-$v.b" 2>/dev/null | head -c 400)
+$(head -c 400 "$TMP/probe-$v.b" 2>/dev/null)
 $(grep -E '\]\[(error|critical)\]' "$log" | tail -5)"
+}
 
-  rss_idle=$(rss_kb "$GW_PID")
-  runs=()
-  for pb in $PROMPTS; do runs+=("$v:$pb:/v1/chat/completions"); done
-  # The filter's floor: loaded, called for every request, but the path is not in `apis`, so it
-  # neither holds nor reads the body (row B0).
-  if [ "$v" = B ] && [ "$FLOOR" = 1 ]; then runs+=("B0:${PROMPTS%% *}:/bench/not-inspected"); fi
-  for run in "${runs[@]}"; do
-    IFS=: read -r rv pb path <<<"$run"
-    run_wrk "$WARMUP" "$pb" "$TMP/warmup-$rv-$pb.txt" "$path"
-    t0=$(cpu_ticks "$GW_PID"); [ -n "$SRV_PID" ] && t0=$((t0 + $(cpu_ticks "$SRV_PID")))
-    run_wrk "$RUN_SECONDS" "$pb" "$TMP/wrk-$rv-$pb.txt" "$path"
-    t1=$(cpu_ticks "$GW_PID"); [ -n "$SRV_PID" ] && t1=$((t1 + $(cpu_ticks "$SRV_PID")))
-    rss_after=$(rss_kb "$GW_PID")
-    line=$(grep '^WRK ' "$TMP/wrk-$rv-$pb.txt" || true)
-    [ -n "$line" ] || die "no result line from wrk:
-$(tail -5 "$TMP/wrk-$rv-$pb.txt")"
-    eval "$(echo "$line" | sed -E 's/^WRK //')"   # requests= duration_us= non2xx= errors= p50_us= ...
-    # shellcheck disable=SC2154
-    r=$(awk -v n="$requests" -v d="$duration_us" -v t0="$t0" -v t1="$t1" -v tck="$TCK" -v p50="$p50_us" -v p99="$p99_us" \
-      'BEGIN { cpu = (t1 - t0) / tck; printf "%.0f %.2f %.2f %.1f %.0f", n / (d / 1e6), p50 / 1000, p99 / 1000, (n ? cpu * 1e6 / n : 0), 100 * cpu / (d / 1e6) }')
-    read -r rps p50 p99 cpu_us cpu_pct <<<"$r"
-    RESULTS+=("$rv $pb $rps $p50 $p99 $non2xx $errors $cpu_us $cpu_pct $rss_idle $rss_after")
-    printf '   %-3s prompt %6s B: %7s req/s  p50 %6s ms  p99 %6s ms  gateway CPU %5s us/req (%s%% of a core)  non-2xx %s  socket errors %s\n' \
-      "$rv" "$pb" "$rps" "$p50" "$p99" "$cpu_us" "$cpu_pct" "$non2xx" "$errors"
+vname() {
+  case $1 in
+    A) echo "passthrough" ;; F) echo "buffer filter" ;; L) echo "Lua anchor" ;;
+    B) echo "llm-router, routing only" ;; C) echo "llm-router, shipped" ;;
+  esac
+}
+
+cpu_us() { awk -v t="${TICKS[$1,$2]:-0}" -v n="${REQ[$1,$2]:-0}" -v tck="$TCK" 'BEGIN { printf "%.1f", n ? t / tck * 1e6 / n : 0 }'; }
+rps() { awk -v n="${REQ[$1,$2]:-0}" -v d="${DUR[$1,$2]:-1}" 'BEGIN { printf "%.0f", n / (d / 1e6) }'; }
+
+measure() {  # variant prompt_bytes round: one warm-up and one measured wrk run, summed per cell
+  local v=$1 pb=$2 round=$3 port pid t0 t1 line out
+  port=$(gw_port "$v"); pid=${GW[$v]}; out="$TMP/wrk-$v-$pb-$round.txt"
+  run_wrk "$port" "$WARMUP" "$pb" "$TMP/warmup-$v-$pb-$round.txt"
+  t0=$(cpu_ticks "$pid")
+  run_wrk "$port" "$RUN_SECONDS" "$pb" "$out"
+  t1=$(cpu_ticks "$pid")
+  line=$(grep '^WRK ' "$out" || true)
+  [ -n "$line" ] || die "no result line from wrk:
+$(tail -5 "$out")"
+  local requests=0 duration_us=0 non2xx=0 errors=0
+  eval "$(echo "$line" | sed -E 's/^WRK //; s/(p50_us|p90_us|p99_us|mean_us|bytes)=[0-9]*//g')"
+  REQ[$v,$pb]=$(( ${REQ[$v,$pb]:-0} + requests ))
+  DUR[$v,$pb]=$(( ${DUR[$v,$pb]:-0} + duration_us ))
+  TICKS[$v,$pb]=$(( ${TICKS[$v,$pb]:-0} + t1 - t0 ))
+  NON2XX[$v,$pb]=$(( ${NON2XX[$v,$pb]:-0} + non2xx ))
+  ERRS[$v,$pb]=$(( ${ERRS[$v,$pb]:-0} + errors ))
+  printf '   %-2s %7s B: %6s req/s, %s CPU ticks\n' "$v" "$pb" \
+    "$(awk -v n="$requests" -v d="$duration_us" 'BEGIN { printf "%.0f", n / (d / 1e6) }')" "$((t1 - t0))"
+}
+
+table() {
+  local v pb r c ratio over nerr pbh rss_end
+  echo
+  echo "== Results (each gateway Envoy --concurrency 1; $ROUNDS x ${RUN_SECONDS}s per cell; $CONNS connections) =="
+  printf '%-30s %6s %8s %7s %8s %8s %8s %9s\n' \
+    variant body "req/s" "vs buf" "CPU us" "us over" "non-2xx" "RSS MiB"
+  printf '%-30s %6s %8s %7s %8s %8s %8s %9s\n' "" "" "" "" "/req" "buffer" "" "idle/end"
+  for v in $VARIANTS; do
+    rss_end=$(rss_kb "${GW[$v]}")
+    for pb in $PROMPTS; do
+      r=$(rps "$v" "$pb"); c=$(cpu_us "$v" "$pb")
+      ratio="-"; over="-"
+      if [[ " $VARIANTS " == *" F "* ]]; then
+        ratio=$(awk -v a="$r" -v b="$(rps F "$pb")" 'BEGIN { printf "%.2f", b ? a / b : 0 }')
+        over=$(awk -v a="$c" -v b="$(cpu_us F "$pb")" 'BEGIN { printf "%+.1f", a - b }')
+      fi
+      nerr=${NON2XX[$v,$pb]:-0}; [ "${ERRS[$v,$pb]:-0}" != 0 ] && nerr="$nerr/e${ERRS[$v,$pb]}"
+      pbh=$(awk -v b="$pb" 'BEGIN { printf "%gKB", b / 1024 }')
+      printf '%-30s %6s %8s %7s %8s %8s %8s %9s\n' "$v $(vname "$v")" "$pbh" "$r" "$ratio" "$c" \
+        "$over" "$nerr" "$(awk -v i="${RSS_IDLE[$v]}" -v e="$rss_end" 'BEGIN { printf "%.0f/%.0f", i / 1024, e / 1024 }')"
+    done
   done
+}
 
-  if [ "$v" = X ]; then
-    m=$(curl -s --max-time 2 "http://127.0.0.1:${X_PORTS[2]}/metrics")
-    msum() { echo "$m" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $NF} END {print s + 0}'; }
-    note="variant X: server counted requests_total=$(msum llm_router_requests_total), endpoint_picked=$(msum llm_router_endpoint_picked_total), streams=$(msum llm_router_extproc_streams_total), traps=$(msum llm_router_extproc_traps_total)"
-    echo "   $note"; NOTES+=("$note")
-  elif [ "$v" != A ]; then
-    n_req=$(stat_sum "$GW_ADMIN" llm_router_requests_total)
-    n_pick=$(stat_sum "$GW_ADMIN" llm_router_endpoint_picked_total)
-    n_rl=$(stat_sum "$GW_ADMIN" llm_router_rate_limited_total)
-    n_inv=$(stat_sum "$GW_ADMIN" llm_router_invalid_body_total)
-    sent=$(cat "$TMP"/warmup-"$v"-*.txt "$TMP"/wrk-"$v"-*.txt | sed -nE 's/^WRK requests=([0-9]+).*/\1/p' | paste -sd+ | bc)
-    note="variant $v: wrk completed $((sent + 1)) inspected requests (incl. warm-up and probe; up to $CONNS more per run were in flight at the cut); filter counted requests_total=$n_req, endpoint_picked=$n_pick, rate_limited=$n_rl, invalid_body=$n_inv"
-    echo "   $note"
-    NOTES+=("$note")
-    curl -s --max-time 2 "http://127.0.0.1:$GW_ADMIN/stats?filter=^wasm\\.|wasm_filter" >"$TMP/wasm-stats-$v.txt" || true
-  fi
-  curl -s --max-time 2 "http://127.0.0.1:$GW_ADMIN/memory" >"$TMP/memory-$v.json" || true
+slopes() {
+  # The cost per body byte: the slope of CPU us/req between the two largest prompts, minus the
+  # buffer filter's slope (what holding the body costs Envoy itself).
+  local sizes lo hi v
+  read -r -a sizes <<<"$PROMPTS"
+  [ ${#sizes[@]} -ge 2 ] && [[ " $VARIANTS " == *" F "* ]] || return 0
+  lo=${sizes[${#sizes[@]}-2]}; hi=${sizes[${#sizes[@]}-1]}
+  echo
+  echo "ns per body byte over buffer (slope of CPU us/req from the $lo B to the $hi B prompt):"
+  for v in $VARIANTS; do
+    awk -v v="$v $(vname "$v")" -v a1="$(cpu_us "$v" "$hi")" -v a0="$(cpu_us "$v" "$lo")" \
+      -v b1="$(cpu_us F "$hi")" -v b0="$(cpu_us F "$lo")" -v d="$((hi - lo))" \
+      'BEGIN { s = ((a1 - a0) - (b1 - b0)) * 1000 / d; printf "  %-30s %6.2f ns/byte  (a 1 MB prompt: %.1f ms)\n", v, s, s }'
+  done
+}
+
+# --- the interleaved run --------------------------------------------------------------------
+declare -A GW REQ DUR TICKS NON2XX ERRS RSS_IDLE
+if has_part load; then
+  PUSH_PID=""
+  for v in $VARIANTS; do
+    start_gateway "$v" 1
+    GW[$v]=$GW_PID
+    RSS_IDLE[$v]=$(rss_kb "$GW_PID")
+    if [ "$v" = C ]; then
+      # Like the sidecar: push again well within stale_after_ms, for the whole run.
+      ( while sleep 0.5; do push_snapshot "$(gw_port C)" >/dev/null; done ) </dev/null >/dev/null 2>&1 &
+      PUSH_PID=$!; PIDS+=("$PUSH_PID")
+    fi
+  done
+  read -r -a order <<<"$VARIANTS"
+  for ((round = 1; round <= ROUNDS; round++)); do
+    echo "-- round $round/$ROUNDS (order: ${order[*]})"
+    for pb in $PROMPTS; do
+      for v in "${order[@]}"; do measure "$v" "$pb" "$round"; done
+    done
+    order=("${order[@]:1}" "${order[0]}")   # the next round starts with another variant
+  done
   [ -n "$PUSH_PID" ] && stop_pid "$PUSH_PID"
-  stop_pid "$GW_PID"
-  if [ -n "$SRV_PID" ]; then stop_pid "$SRV_PID"; SRV_PID=""; fi
-  if grep -qE '\]\[(error|critical)\]' "$log"; then
-    echo "   gateway log has errors:"
-    grep -E '\]\[(error|critical)\]' "$log" | sort | uniq -c | sort -rn | head -5 | sed 's/^/     /'
-  fi
-done
+  table
+  slopes
+  cat <<'EOF'
 
-# --- table ----------------------------------------------------------------------------------
-echo
-echo "== Results (gateway: Envoy --concurrency 1; ${RUN_SECONDS}s per run; $CONNS connections) =="
-printf '%-3s %-6s %7s %5s %7s %7s %7s %8s %7s %7s %8s %13s\n' \
-  var prompt "req/s" "vs A" "p50 ms" "p99 ms" "non-2xx" "CPU us" "filter" "cap." "gw CPU" "RSS MiB"
-printf '%-3s %-6s %7s %5s %7s %7s %7s %8s %7s %7s %8s %13s\n' \
-  "" "" "" "" "" "" "" "/req" "us/req" "vs A" "%" "idle/run"
-for row in "${RESULTS[@]}"; do
-  read -r v pb rps p50 p99 non2xx errors cpu_us cpu_pct rss_idle rss_after <<<"$row"
-  base_rps=""; base_cpu=""
-  for b in "${RESULTS[@]}"; do
-    read -r bv bpb brps _ _ _ _ bcpu _ _ _ <<<"$b"
-    if [ "$bv" = A ] && [ "$bpb" = "$pb" ]; then base_rps=$brps; base_cpu=$bcpu; fi
-  done
-  ratio="-"; fcost="-"; cap="-"
-  if [ -n "$base_rps" ] && [ "$base_rps" != 0 ]; then
-    ratio=$(awk -v a="$rps" -v b="$base_rps" 'BEGIN { printf "%.2f", a / b }')
-    cap=$(awk -v a="$cpu_us" -v b="$base_cpu" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')
-    [ "$v" != A ] && fcost=$(awk -v a="$cpu_us" -v b="$base_cpu" 'BEGIN { printf "%+.0f", a - b }')
-  fi
-  pbh=$(awk -v b="$pb" 'BEGIN { if (b >= 1024) printf "%gKB", b / 1024; else printf "%dB", b }')
-  nerr=$non2xx; [ "$errors" != 0 ] && nerr="$non2xx/e$errors"
-  printf '%-3s %-6s %7s %5s %7s %7s %7s %8s %7s %7s %8s %13s\n' \
-    "$v" "$pbh" "$rps" "$ratio" "$p50" "$p99" "$nerr" "$cpu_us" "$fcost" "$cap" "$cpu_pct" \
-    "$(awk -v i="$rss_idle" -v r="$rss_after" 'BEGIN { printf "%.1f/%.1f", i / 1024, r / 1024 }')"
-done
-cat <<'EOF'
-
-  A  = no filter; B = filter, routing only; B0 = filter loaded (B's config) but the path is not
-  in `apis`, so the body is not held or read: the filter's fixed floor per request; C = filter with
-  the shipped config (tenants + endpoints; tenant limits raised so every request is admitted; a
-  load snapshot pushed every 0.5 s so every request picks an endpoint); X = C's plugin
-  configuration in llm-router-extproc (--workers 1, pinned with the gateway) behind the ext_proc
-  filter of envoy-extproc.yaml: X's p50 minus C's is the latency the ext_proc path adds, and
-  its CPU us/req counts the gateway and the server together.
-  vs A           requests/s relative to A with the same prompt size (all rows: same wrk, same
-                 upstream, same CPU placement).
-  CPU us/req     gateway Envoy's CPU time (user+sys, all threads) / requests in the measured run.
-  filter us/req  CPU us/req minus A's: the filter's own cost per request, host side included
-                 (VM calls, holding and copying the body, JSON parse, token estimate, body
-                 rewrite, route re-match, shared-data CAS, metrics).
-  cap. vs A      A's CPU us/req / this row's: the throughput ratio to expect where the gateway
-                 is the bottleneck (it may not be here: see gw CPU %).
-  gw CPU %       gateway CPU use during the run; well under 100 means the gateway was not the
-                 bottleneck (wrk and the upstream share the other CPU), so req/s understates
-                 the difference between variants; CPU us/req does not.
-  RSS            gateway VmRSS after startup / after the runs so far; B and C minus A is the
-                 memory of the Wasm VMs (main thread's + one per worker).
+  req/s          closed loop; same wrk, upstream and CPU placement for every variant.
+  vs buf         requests/s relative to Envoy's buffer filter (F) at the same prompt size: the
+                 floor of any filter that reads the body.
+  CPU us/req     the gateway's CPU time (user+sys, all threads) / requests, over all rounds:
+                 the robust figure (it does not depend on who else was the bottleneck).
+  us over buffer CPU us/req minus F's: what the variant adds to holding the body.
+  RSS            gateway VmRSS after startup / at the end.
 EOF
-for n in "${NOTES[@]}"; do echo "  $n"; done
+  for v in $VARIANTS; do
+    if [ "$v" = B ] || [ "$v" = C ]; then
+      a=$(gw_admin "$v")
+      echo "  variant $v: filter counted requests_total=$(stat_sum "$a" llm_router_requests_total), endpoint_picked=$(stat_sum "$a" llm_router_endpoint_picked_total), rate_limited=$(stat_sum "$a" llm_router_rate_limited_total), invalid_body=$(stat_sum "$a" llm_router_invalid_body_total)"
+    fi
+    log="$TMP/gateway-$v-c1.log"
+    if grep -qE '\]\[(error|critical)\]' "$log"; then
+      echo "  variant $v: gateway log has errors:"
+      grep -E '\]\[(error|critical)\]' "$log" | sort | uniq -c | sort -rn | head -3 | sed 's/^/     /'
+    fi
+    stop_pid "${GW[$v]}"
+  done
+fi
+
+# --- memory per worker VM -------------------------------------------------------------------
+if has_part memory; then
+  echo
+  echo "== Resident memory per added worker (--concurrency 1 vs 4, after 3 s of 256 KB prompts) ="
+  for v in A C; do
+    for c in 1 4; do
+      start_gateway "$v" "$c"
+      # Load on every worker (16 connections spread over them), so each VM has done its work.
+      run_wrk "$(gw_port "$v")" 3 262144 "$TMP/memory-$v-$c.txt"
+      if [ "$c" = 1 ]; then one=$(rss_kb "$GW_PID"); else four=$(rss_kb "$GW_PID"); fi
+      stop_pid "$GW_PID"
+    done
+    awk -v v="$v $(vname "$v")" -v a="$one" -v b="$four" \
+      'BEGIN { printf "  %-30s 1 worker %.1f MiB, 4 workers %.1f MiB: %.1f MiB per added worker\n", v, a / 1024, b / 1024, (b - a) / 3 / 1024 }'
+  done
+  echo "  (C minus A per added worker is what one more Wasm VM costs; goal <= 8 MiB)"
+fi
 exit $status

@@ -10,9 +10,13 @@ measures what users run. Changes made to it, for every variant:
     the comparison; BENCH_ACCESS_LOG=1 keeps it, written to a file);
   * the Wasm module path made absolute.
 
-Variants:
+Variants (each gateway on ports of its own, see `ports`, so they all run at once):
 
-  A  no Wasm filter at all (plain Envoy proxying): the baseline.
+  A  no Wasm filter at all (plain Envoy proxying): passthrough.
+  F  Envoy's own `buffer` filter instead of the Wasm filter (the whole body held, nothing read):
+     the floor of any filter that reads the body.
+  L  the Lua anchor (bench/load/anchor.lua) instead of the Wasm filter: the body, a pattern
+     match for `model`, a length rule, the tier header and a route re-match.
   B  the filter with routing only: the shipped tiers, default tier, rules and models; no
      `tenants`, no `endpoints`.
   C  the shipped plugin configuration as is (tenants + endpoints), except that the tenant
@@ -24,10 +28,9 @@ The upstream is a separate Envoy with one `direct_response` listener per model s
 shipped topology (3 small, 2 large), answering a canned OpenAI chat completion with `usage`.
 
 Usage: gen-configs.py SHIPPED_YAML OUTDIR WASM_PATH PORT_BASE
-  PORT_BASE     gateway listener; +1 gateway admin; +2 upstream admin;
-                +101..+103 upstream "small" servers; +201..+202 upstream "large" servers.
-With envoy-extproc.yaml next to SHIPPED_YAML, also OUTDIR/gateway-X.yaml and plugin-X.json
-(variant X: C's plugin configuration behind ext_proc; server gRPC +3, health +4, metrics +5).
+  PORT_BASE     +2 upstream admin; +101..+103 upstream "small" servers; +201..+202 upstream
+                "large" servers; gateway of variant number k (VARIANTS order) listens on
+                +10+2k, its admin on +11+2k.
 Also writes OUTDIR/snapshot.json (a load snapshot naming the upstream's servers, as the sidecar
 would push it, with some load on them so the scoring has something to compare) and prints the
 push path of the shipped config on stdout.
@@ -42,6 +45,14 @@ import yaml
 
 WASM_FILTER = "envoy.filters.http.wasm"
 RAISED_LIMIT = 1_000_000_000
+VARIANTS = ["A", "F", "L", "B", "C"]
+ANCHOR_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "anchor.lua")
+
+
+def ports(base, variant):
+    """(listener, admin) of a variant's gateway."""
+    k = VARIANTS.index(variant)
+    return base + 10 + 2 * k, base + 11 + 2 * k
 
 # ~300 bytes, like a short answer of an OpenAI-compatible server (vLLM, TGI).
 CANNED = json.dumps(
@@ -128,9 +139,10 @@ def hcm_of(cfg):
 
 def gateway_config(shipped, variant, base, wasm, pools, outdir):
     cfg = copy.deepcopy(shipped)
-    cfg["admin"]["address"] = sock(base + 1)
+    listen, admin = ports(base, variant)
+    cfg["admin"]["address"] = sock(admin)
     listener, hcm = hcm_of(cfg)
-    listener["address"] = sock(base)
+    listener["address"] = sock(listen)
     if os.environ.get("BENCH_ACCESS_LOG") == "1":
         for log in hcm.get("access_log", []):
             log["name"] = "envoy.access_loggers.file"
@@ -152,12 +164,32 @@ def gateway_config(shipped, variant, base, wasm, pools, outdir):
     if len(wasm_filters) != 1:
         sys.exit(f"gen-configs: expected 1 {WASM_FILTER} filter in the shipped config")
     wf = wasm_filters[0]
-    if variant == "A":
+    if variant in ("A", "F"):
         hcm["http_filters"] = [f for f in filters if f["name"] != WASM_FILTER]
         # Without the filter no request gets a tier: drop the route that refuses uninspected
         # POSTs, so the catch-all serves them (the baseline measures Envoy alone).
         for vh in hcm["route_config"]["virtual_hosts"]:
             vh["routes"] = [r for r in vh["routes"] if "direct_response" not in r]
+        if variant == "F":
+            hcm["http_filters"].insert(0, {
+                "name": "envoy.filters.http.buffer",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                    "max_request_bytes": 4 * 1024 * 1024,
+                },
+            })
+        return cfg
+    if variant == "L":
+        with open(ANCHOR_LUA) as f:
+            code = f.read()
+        i = filters.index(wf)
+        filters[i] = {
+            "name": "envoy.filters.http.lua",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": code},
+            },
+        }
         return cfg
     plugin = wf["typed_config"]["config"]
     plugin["vm_config"]["code"]["local"]["filename"] = wasm
@@ -182,31 +214,6 @@ def gateway_config(shipped, variant, base, wasm, pools, outdir):
     return cfg
 
 
-def extproc_gateway_config(shipped, extproc_shipped, base, wasm, pools, outdir):
-    """Variant X: the shipped plugin configuration of variant C run by llm-router-extproc
-    (gRPC on PORT_BASE+3, health +4, metrics +5), called by envoy-extproc.yaml's ext_proc filter.
-    Returns (gateway config, plugin configuration)."""
-    c = gateway_config(shipped, "C", base, wasm, pools, outdir)
-    _, chcm = hcm_of(c)
-    wf = [f for f in chcm["http_filters"] if f["name"] == WASM_FILTER][0]
-    plugin = json.loads(wf["typed_config"]["config"]["configuration"]["value"])
-    cfg = copy.deepcopy(extproc_shipped)
-    cfg["admin"]["address"] = sock(base + 1)
-    listener, hcm = hcm_of(cfg)
-    listener["address"] = sock(base)
-    hcm.pop("access_log", None)
-    for cluster in cfg["static_resources"]["clusters"]:
-        if cluster["name"] in pools:
-            cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": [
-                {"endpoint": {"address": sock(int(a.rsplit(":", 1)[1]))}} for a in pools[cluster["name"]]
-            ]}]
-        if cluster["name"] == "llm_router_extproc":
-            (ep,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
-            ep["endpoint"]["address"] = sock(base + 3)
-            ep["endpoint"]["health_check_config"]["port_value"] = base + 4
-    return cfg, plugin
-
-
 def _str(dumper, s):
     # Multi-line strings (the plugin JSON) as literal blocks, readable like the shipped file.
     return dumper.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
@@ -225,20 +232,10 @@ def main():
     up, pools = upstream_config(base)
     with open(os.path.join(outdir, "upstream.yaml"), "w") as f:
         yaml.safe_dump(up, f, sort_keys=False)
-    for v in ("A", "B", "C"):
+    for v in VARIANTS:
         with open(os.path.join(outdir, f"gateway-{v}.yaml"), "w") as f:
             yaml.safe_dump(gateway_config(shipped, v, base, os.path.abspath(wasm), pools, outdir),
                            f, sort_keys=False)
-    extproc_path = os.path.join(os.path.dirname(shipped_path), "envoy-extproc.yaml")
-    if os.path.exists(extproc_path):
-        with open(extproc_path) as f:
-            extproc_shipped = yaml.safe_load(f)
-        x, plugin = extproc_gateway_config(shipped, extproc_shipped, base, os.path.abspath(wasm),
-                                           pools, outdir)
-        with open(os.path.join(outdir, "gateway-X.yaml"), "w") as f:
-            yaml.safe_dump(x, f, sort_keys=False)
-        with open(os.path.join(outdir, "plugin-X.json"), "w") as f:
-            json.dump(plugin, f, indent=2)
     # waiting / running / kv_cache below the shipped saturation points (max_queue 5, max_kv_cache
     # 0.8), different per server so picking has to score.
     load = [(0, 1, 0.10), (1, 3, 0.30), (2, 2, 0.45)]

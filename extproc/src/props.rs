@@ -13,6 +13,9 @@ use crate::messages::LB_NAMESPACE;
 pub const SUBSET_NAMESPACE: &str = "envoy.lb.subset_hint";
 pub const SUBSET_KEY: &str = "x-gateway-destination-endpoint-subset";
 pub const SERVED_KEY: &str = "x-gateway-destination-endpoint-served";
+/// The property the filter reads the subset hint from (`ip:port,...`; see the filter's
+/// `glue::request::SUBSET_PROPERTY`).
+pub const SUBSET_PROPERTY: [&str; 2] = ["llm_router", "endpoint_subset"];
 /// The attribute namespace Envoy's ext_proc filter uses for `request_attributes`.
 const ATTRIBUTES_NAMESPACE: &str = "envoy.filters.http.ext_proc";
 
@@ -81,6 +84,12 @@ pub fn stream_props(first: &ProcessingRequest) -> StreamProps {
                 namespace.clone(),
             ];
             flatten(&base, fields, 2, &mut properties);
+        }
+        // The filter picks only among the endpoints the gateway allows (it answers 503 when
+        // none of the tier's is usable); the server still checks the pick afterwards.
+        if let Some(list) = subset_hint(metadata) {
+            let path = SUBSET_PROPERTY.iter().map(|s| s.to_string()).collect();
+            properties.push((path, list.join(",").into_bytes()));
         }
     }
     StreamProps {

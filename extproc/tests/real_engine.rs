@@ -544,3 +544,89 @@ async fn the_binary_serves_tls_by_default_and_exits_cleanly_on_sigterm() {
         .unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
 }
+
+fn with_subset(mut first: ProcessingRequest, list: &[&str]) -> ProcessingRequest {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value as PbValue};
+    let values = list
+        .iter()
+        .map(|a| PbValue {
+            kind: Some(Kind::StringValue(a.to_string())),
+        })
+        .collect();
+    let hint = Struct {
+        fields: [(
+            "x-gateway-destination-endpoint-subset".to_string(),
+            PbValue {
+                kind: Some(Kind::ListValue(ListValue { values })),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    first.metadata_context = Some(Metadata {
+        filter_metadata: [("envoy.lb.subset_hint".to_string(), hint)]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    });
+    first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_filter_picks_only_inside_the_gateways_subset() {
+    let running = start_real("subset").await;
+    // Two large servers; the idle one will be outside the gateway's subset.
+    let snapshot = json!({"pools": {"large": [
+        {"address": "10.2.0.1:8000", "waiting": 0, "running": 0, "kv_cache": 0.0},
+        {"address": "10.2.0.2:8000", "waiting": 3, "running": 2, "kv_cache": 0.5}]}});
+    let auth = format!("Bearer {TOKEN}");
+    let pushed = http(
+        running.metrics,
+        "POST",
+        PUSH,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        &snapshot.to_string(),
+    )
+    .await
+    .0;
+    assert_eq!(pushed, 204);
+    let ch = channel(running.grpc, None).await;
+    let body = chat_body();
+
+    // The busier server is the only one allowed: it is picked, not the idle one.
+    let mut s = open(ch.clone()).await;
+    let first = chat_headers(BodySendMode::FullDuplexStreamed, "globex");
+    s.send(with_subset(first, &["10.2.0.2:8000", "10.9.9.9:1"]))
+        .await;
+    s.send(request_body(&body, true)).await;
+    let headers = s.recv().await;
+    let c = common_of(&headers);
+    assert_eq!(
+        set_header(&c, "x-gateway-destination-endpoint").as_deref(),
+        Some("10.2.0.2:8000")
+    );
+    assert_eq!(lb_endpoint(&headers).as_deref(), Some("10.2.0.2:8000"));
+    let _ = s.recv().await;
+    respond(&mut s).await;
+    drop(s);
+
+    // No server of the chosen tier in the subset: 503 from the filter itself.
+    let mut s = open(ch.clone()).await;
+    let first = chat_headers(BodySendMode::FullDuplexStreamed, "globex");
+    s.send(with_subset(first, &["10.1.0.1:8000"])).await;
+    s.send(request_body(&body, true)).await;
+    match s.recv().await.response {
+        Some(Response::ImmediateResponse(i)) => {
+            assert_eq!(i.status.map(|s| s.code), Some(503));
+            let text = String::from_utf8_lossy(&i.body).into_owned();
+            assert!(text.contains("no_eligible_endpoint"), "{text}");
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    drop(s);
+    stop(running).await.unwrap();
+}

@@ -156,7 +156,12 @@ impl Core {
             d.effective_context = None;
         }
         let r = vm.raw_call(name, args);
-        vm.store.data_mut().effective_context = None;
+        let fuel = vm.last_fuel;
+        let d = vm.store.data_mut();
+        d.effective_context = None;
+        if let (Some(meter), Ok(_)) = (d.meter.as_mut(), &r) {
+            meter.finish(name, ctx, fuel);
+        }
         match r {
             Ok(v) => Ok(v),
             Err(e) => {

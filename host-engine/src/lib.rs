@@ -16,6 +16,7 @@ pub mod core;
 pub mod engine;
 mod hostcalls;
 pub mod manager;
+pub mod meter;
 pub mod metrics;
 pub mod state;
 pub mod types;

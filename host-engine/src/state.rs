@@ -345,6 +345,8 @@ pub struct VmState {
     pub foreign_calls: Vec<ForeignCall>,
     /// Memory limit of this VM (wasmtime's store limiter).
     pub limits: wasmtime::StoreLimits,
+    /// Cost metering (instructions and host calls per guest call), when the factory asks.
+    pub meter: Option<crate::meter::Meter>,
 }
 
 impl VmState {
@@ -382,6 +384,7 @@ impl VmState {
             done_called: false,
             foreign_calls: Vec::new(),
             limits,
+            meter: None,
         }
     }
 

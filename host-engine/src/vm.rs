@@ -24,6 +24,11 @@ fn engine() -> Result<Engine> {
     }
     let mut config = Config::new();
     config.consume_fuel(true);
+    // `LLM_ROUTER_PERFMAP=1`: write /tmp/perf-PID.map so `perf record` names the guest's
+    // functions (profiling the filter: see bench/README.md).
+    if std::env::var_os("LLM_ROUTER_PERFMAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let e = Engine::new(&config)?;
     Ok(ENGINE.get_or_init(|| e).clone())
 }
@@ -71,6 +76,8 @@ pub struct VmFactory {
     /// Per-VM memory limit in bytes (`None`: wasmtime's default, the module's own maximum).
     pub memory_limit: Option<usize>,
     pub fuel_per_call: u64,
+    /// Meter every guest call: instructions (fuel) and host calls by name (`crate::meter`).
+    pub metered: bool,
 }
 
 impl VmFactory {
@@ -102,6 +109,7 @@ impl VmFactory {
             init,
             memory_limit: None,
             fuel_per_call: DEFAULT_FUEL_PER_CALL,
+            metered: false,
         })
     }
 
@@ -121,8 +129,19 @@ impl VmFactory {
         let mut store = Store::new(self.module.engine(), state);
         store.limiter(|d| &mut d.limits);
         store.set_fuel(self.fuel_per_call)?;
-        let instance = self
-            .linker
+        let metered_linker = if self.metered {
+            store.data_mut().meter = Some(crate::meter::Meter::default());
+            Some(crate::meter::counting_linker(
+                &self.linker,
+                &mut store,
+                &self.module,
+            )?)
+        } else {
+            None
+        };
+        let instance = metered_linker
+            .as_ref()
+            .unwrap_or(&self.linker)
             .instantiate(&mut store, &self.module)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("instantiating worker {worker}"))?;
@@ -146,6 +165,7 @@ impl VmFactory {
             next_context: ROOT_CONTEXT_ID + 1,
             started: false,
             fuel_per_call: self.fuel_per_call,
+            last_fuel: 0,
         };
         if let Some(init) = self.init {
             if let Err(e) = vm.raw_call(init, &[]) {
@@ -168,6 +188,8 @@ pub struct Vm {
     /// The root context was created and configured.
     pub started: bool,
     fuel_per_call: u64,
+    /// Instructions (fuel) the last completed `raw_call` consumed.
+    pub last_fuel: u64,
 }
 
 impl Vm {
@@ -193,6 +215,9 @@ impl Vm {
         let mut results: Vec<Val> = ty.results().map(|_| Val::I32(0)).collect();
         self.store.set_fuel(self.fuel_per_call)?;
         func.call(&mut self.store, &params, &mut results)?;
+        self.last_fuel = self
+            .fuel_per_call
+            .saturating_sub(self.store.get_fuel().unwrap_or(0));
         Ok(results.first().and_then(|v| match v {
             Val::I32(x) => Some(*x as i64),
             Val::I64(x) => Some(*x),

@@ -34,6 +34,7 @@ pub struct HostBuilder {
     properties: Vec<(Vec<u8>, PropValue)>,
     known_clusters: Option<Vec<String>>,
     echo_logs: bool,
+    metered: bool,
 }
 
 impl Default for HostBuilder {
@@ -56,6 +57,7 @@ impl Default for HostBuilder {
             properties: Vec::new(),
             known_clusters: None,
             echo_logs: false,
+            metered: false,
         }
     }
 }
@@ -173,6 +175,13 @@ impl HostBuilder {
         self
     }
 
+    /// Meter every guest call: instructions (wasmtime fuel) and host calls by name, read with
+    /// [`Host::take_costs`]. Off by default (the imports are not wrapped).
+    pub fn metered(mut self, on: bool) -> Self {
+        self.metered = on;
+        self
+    }
+
     /// Compiles the module and instantiates one VM per worker (running `_initialize` or
     /// `_start`). Call [`Host::start`] next.
     pub fn build(self) -> Result<Host> {
@@ -183,7 +192,8 @@ impl HostBuilder {
             }
             (None, None) => bail!("HostBuilder: no module (use wasm_file, wasm_bytes or wat)"),
         };
-        let factory = VmFactory::new(&bytes)?;
+        let mut factory = VmFactory::new(&bytes)?;
+        factory.metered = self.metered;
         let mut shared = Shared::new(self.start_ms, &self.vm_id, &self.root_id, &self.plugin_name);
         shared.rng = Rng::new(self.seed);
         shared.env = self.env.clone();

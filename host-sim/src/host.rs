@@ -43,6 +43,16 @@ impl Host {
         Ok(())
     }
 
+    /// The guest calls metered on worker `w` since the last take, oldest first (empty unless
+    /// the host was built with [`crate::HostBuilder::metered`]).
+    pub fn take_costs(&mut self, w: usize) -> Vec<host_engine::meter::CallCost> {
+        self.core
+            .vm_mut(w)
+            .and_then(|vm| vm.store.data_mut().meter.as_mut())
+            .map(|m| std::mem::take(&mut m.calls))
+            .unwrap_or_default()
+    }
+
     /// A handle on one worker (VM).
     pub fn worker(&mut self, index: usize) -> Worker<'_> {
         Worker { host: self, index }

@@ -30,6 +30,7 @@
 //! ```
 
 mod builder;
+pub mod cost;
 mod exchange;
 pub mod fuzz;
 mod host;

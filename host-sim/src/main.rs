@@ -7,7 +7,8 @@ use host_sim::replay::{run, ReplayOptions};
 const USAGE: &str =
     "usage: host-sim replay --wasm FILE --config PLUGIN.json --requests TRAFFIC.jsonl \
 [--workers N] [--seed S] [--env KEY=VALUE]... [--no-stop-iteration]
-       host-sim fuzz --help";
+       host-sim fuzz --help
+       host-sim cost [--wasm FILE] [--check BUDGET.json] [--write-budget BUDGET.json]";
 
 fn main() {
     match real_main() {
@@ -25,6 +26,13 @@ fn real_main() -> Result<()> {
         Some("replay") => {}
         Some("fuzz") => {
             let code = host_sim::fuzz::cli::main(&args[1..])?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            return Ok(());
+        }
+        Some("cost") => {
+            let code = host_sim::cost::cli::main(&args[1..])?;
             if code != 0 {
                 std::process::exit(code);
             }

@@ -1,5 +1,6 @@
 //! Command-line arguments (pure).
 
+use crate::config::KubeOverrides;
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
@@ -8,10 +9,18 @@ to the llm-router filter in Envoy.
 
 USAGE:
     llm-router-sidecar --config <FILE> [--once] [--print] [--no-push]
+                       [--inference-pool <NAME>] [--namespace <NS>] [--tier-label <KEY>]
 
 OPTIONS:
-    -c, --config <FILE>  JSON configuration (pools, interval_ms, scrape_timeout_ms, push_url,
-                         push_token_env | push_token_file, metrics, metrics_path); see README.md
+    -c, --config <FILE>  JSON configuration (pools, kubernetes, interval_ms, scrape_timeout_ms,
+                         push_url, push_token_env | push_token_file, metrics, metrics_path);
+                         see README.md
+        --inference-pool <NAME>
+                         watch this InferencePool's Ready pods (sets kubernetes.inference_pool)
+        --namespace <NS> its namespace (sets kubernetes.namespace; default: the pod's own)
+        --tier-label <KEY>
+                         pod label naming a pod's tier (sets kubernetes.tier_label; default
+                         llm-router.io/tier); pods without it serve kubernetes.default_tier
         --once           scrape and push one snapshot, then exit: 0 if the push was accepted
                          (or --no-push), 1 if it failed
         --print          also write each snapshot as one JSON line to stdout
@@ -34,6 +43,8 @@ pub struct Options {
     pub once: bool,
     pub print: bool,
     pub push: bool,
+    /// `--inference-pool`, `--namespace`, `--tier-label`.
+    pub kube: KubeOverrides,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +59,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
     let mut once = false;
     let mut print = false;
     let mut push = true;
+    let mut kube = KubeOverrides::default();
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
@@ -62,8 +74,17 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
                     .ok_or_else(|| format!("{arg} needs a file path"))?;
                 config = Some(PathBuf::from(value));
             }
+            "--inference-pool" | "--namespace" | "--tier-label" => {
+                let value = iter.next().ok_or_else(|| format!("{arg} needs a value"))?;
+                set_kube(&mut kube, arg, value);
+            }
             other => {
-                if let Some(value) = other.strip_prefix("--config=") {
+                if let Some((flag, value)) = other
+                    .split_once('=')
+                    .filter(|(flag, _)| KUBE_FLAGS.contains(flag))
+                {
+                    set_kube(&mut kube, flag, value);
+                } else if let Some(value) = other.strip_prefix("--config=") {
                     config = Some(PathBuf::from(value));
                 } else if other.contains("token") {
                     return Err(format!(
@@ -85,7 +106,19 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
         once,
         print,
         push,
+        kube,
     }))
+}
+
+const KUBE_FLAGS: [&str; 3] = ["--inference-pool", "--namespace", "--tier-label"];
+
+fn set_kube(kube: &mut KubeOverrides, flag: &str, value: &str) {
+    let slot = match flag {
+        "--inference-pool" => &mut kube.inference_pool,
+        "--namespace" => &mut kube.namespace,
+        _ => &mut kube.tier_label,
+    };
+    *slot = Some(value.to_string());
 }
 
 #[cfg(test)]
@@ -105,7 +138,8 @@ mod tests {
                 config: "a.json".into(),
                 once: true,
                 print: true,
-                push: true
+                push: true,
+                kube: KubeOverrides::default(),
             })
         );
         assert_eq!(
@@ -114,8 +148,29 @@ mod tests {
                 config: "b.json".into(),
                 once: false,
                 print: false,
-                push: false
+                push: false,
+                kube: KubeOverrides::default(),
             })
+        );
+        let Command::Run(opts) = parse_args(&args(&[
+            "-c",
+            "a.json",
+            "--inference-pool",
+            "vllm",
+            "--namespace=llm",
+            "--tier-label",
+            "example.com/tier",
+        ]))
+        .unwrap() else {
+            panic!("not a run command")
+        };
+        assert_eq!(
+            opts.kube,
+            KubeOverrides {
+                inference_pool: Some("vllm".into()),
+                namespace: Some("llm".into()),
+                tier_label: Some("example.com/tier".into()),
+            }
         );
         assert_eq!(parse_args(&args(&["--once", "-h"])).unwrap(), Command::Help);
         assert_eq!(parse_args(&args(&["-V"])).unwrap(), Command::Version);
@@ -131,5 +186,8 @@ mod tests {
         assert!(parse_args(&args(&["-c", "a", "--token", "x"]))
             .unwrap_err()
             .contains("never taken from the command line"));
+        assert!(parse_args(&args(&["-c", "a", "--tier-label"]))
+            .unwrap_err()
+            .contains("--tier-label needs a value"));
     }
 }

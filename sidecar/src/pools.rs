@@ -1,6 +1,7 @@
 //! The current endpoints of each pool, with file-backed pools re-read when the file changes.
 
 use crate::config::{parse_pool_file, PoolConfig, PoolSource};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -132,6 +133,25 @@ impl Pool {
     }
 }
 
+/// The pools of one cycle, by name: the configured pools, plus the Kubernetes tiers. A tier
+/// named like a configured pool adds its endpoints to that pool (an address already listed
+/// there is not repeated).
+pub fn merge(files: &[Pool], kube: BTreeMap<String, Vec<String>>) -> Vec<(String, Vec<String>)> {
+    let mut pools: BTreeMap<String, Vec<String>> = files
+        .iter()
+        .map(|p| (p.name.clone(), p.endpoints.clone()))
+        .collect();
+    for (tier, endpoints) in kube {
+        let list = pools.entry(tier).or_default();
+        for address in endpoints {
+            if !list.contains(&address) {
+                list.push(address);
+            }
+        }
+    }
+    pools.into_iter().collect()
+}
+
 fn note_error(file: &mut WatchedFile, logs: &mut Vec<String>, message: String) {
     if file.last_error.as_deref() != Some(message.as_str()) {
         logs.push(message.clone());
@@ -193,6 +213,37 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    #[test]
+    fn kubernetes_tiers_join_the_configured_pools() {
+        let cfg = |name: &str, addrs: &[&str]| PoolConfig {
+            name: name.into(),
+            source: PoolSource::Static(addrs.iter().map(|a| a.to_string()).collect()),
+        };
+        let files = [
+            Pool::load(&cfg("small", &["10.0.0.1:8000"])).unwrap(),
+            Pool::load(&cfg("large", &["10.0.0.9:8000"])).unwrap(),
+        ];
+        let kube: BTreeMap<String, Vec<String>> = [
+            (
+                "small".to_string(),
+                vec!["10.0.0.2:8000".to_string(), "10.0.0.1:8000".to_string()],
+            ),
+            ("medium".to_string(), vec![]),
+        ]
+        .into();
+        assert_eq!(
+            merge(&files, kube),
+            vec![
+                ("large".to_string(), vec!["10.0.0.9:8000".to_string()]),
+                ("medium".to_string(), vec![]),
+                (
+                    "small".to_string(),
+                    vec!["10.0.0.1:8000".to_string(), "10.0.0.2:8000".to_string()]
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -1,24 +1,26 @@
 //! The process: set-up, then scrape -> snapshot -> push every interval (thin I/O around the
-//! pure modules).
+//! pure modules), on a single-threaded tokio runtime.
 
 use crate::cli::{self, Command, Options};
 use crate::config::{self, Config, ConfigError, PushTarget};
-use crate::http::{self, HttpError, Request};
+use crate::http::{self, HttpClient, HttpError};
+use crate::kube_source::KubeSource;
 use crate::logging::{self, now_ms};
-use crate::pools::Pool;
-use crate::signal;
-use crate::snapshot::{endpoint_load, HealthTracker, PushFailure, PushLog, ScrapeResult, Snapshot};
+use crate::pools::{merge, Pool};
+use crate::signal::Stop;
+use crate::snapshot::{self, endpoint_load, HealthTracker, PushFailure, PushLog, ScrapeResult};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use llm_router_snapshot::LoadSnapshot;
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
-use std::thread;
 use std::time::{Duration, Instant};
 
 /// How often a persisting push failure is logged again.
 const PUSH_FAILURE_REMINDER: Duration = Duration::from_secs(30);
-/// Granularity of the sleep between cycles (how fast a signal is noticed).
-const SLEEP_STEP: Duration = Duration::from_millis(50);
+/// How long the first cycle waits for the Kubernetes watches' first lists.
+const FIRST_LIST_WAIT: Duration = Duration::from_secs(10);
 const ACCEPT: &str = "text/plain;version=0.0.4;q=1, */*;q=0.1";
 
 /// Runs the sidecar with `args` (without the program name); returns the exit status.
@@ -38,21 +40,69 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let (cfg, pools, token) = match set_up(&opts) {
-        Ok(parts) => parts,
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(opts)),
         Err(e) => {
-            logging::error(&format!(
-                "configuration error in {}: {e}",
-                opts.config.display()
+            logging::error(&format!("cannot start the async runtime: {e}"));
+            1
+        }
+    }
+}
+
+/// What a cycle reads its endpoints from.
+struct Sources {
+    files: Vec<Pool>,
+    kube: Option<KubeSource>,
+}
+
+async fn run(opts: Options) -> i32 {
+    let config_error = |e: ConfigError| {
+        logging::error(&format!(
+            "configuration error in {}: {e}",
+            opts.config.display()
+        ));
+        2
+    };
+    let (cfg, files, token) = match set_up(&opts) {
+        Ok(parts) => parts,
+        Err(e) => return config_error(e),
+    };
+    let kube = match &cfg.kubernetes {
+        None => None,
+        Some(settings) => match kube::Client::try_default().await {
+            Ok(client) => Some(KubeSource::start(client, settings.clone())),
+            Err(e) => {
+                return config_error(ConfigError::new(
+                    "kubernetes",
+                    format!("cannot configure a Kubernetes client (in-cluster service account or KUBECONFIG): {e}"),
+                ))
+            }
+        },
+    };
+    let stop = match Stop::install() {
+        Ok(stop) => Some(stop),
+        Err(e) => {
+            logging::warn(&format!(
+                "could not install SIGTERM/SIGINT handlers ({e}); they will kill the process mid-cycle"
             ));
-            return 2;
+            None
         }
     };
-    if !signal::install() {
-        logging::warn("could not install SIGTERM/SIGINT handlers; stop with SIGKILL");
+    let sources = Sources { files, kube };
+    logging::info(&start_line(&cfg, &sources, &opts));
+    if let Some(kube) = &sources.kube {
+        if !kube.wait_synced(FIRST_LIST_WAIT).await {
+            logging::warn(&format!(
+                "no complete list of the InferencePool and its pods within {} s; \
+                 starting without (the watches keep trying)",
+                FIRST_LIST_WAIT.as_secs()
+            ));
+        }
     }
-    logging::info(&start_line(&cfg, &pools, &opts));
-    run_loop(&cfg, pools, token.as_deref(), &opts)
+    run_loop(&cfg, sources, token.as_deref(), &opts, stop).await
 }
 
 fn set_up(opts: &Options) -> Result<(Config, Vec<Pool>, Option<String>), ConfigError> {
@@ -62,7 +112,7 @@ fn set_up(opts: &Options) -> Result<(Config, Vec<Pool>, Option<String>), ConfigE
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    let cfg = config::parse_config(&text, base_dir)?;
+    let cfg = config::parse_config_with(&text, base_dir, &opts.kube)?;
     let mut pools = Vec::with_capacity(cfg.pools.len());
     for pool_cfg in &cfg.pools {
         let pool = Pool::load(pool_cfg)
@@ -87,16 +137,24 @@ fn set_up(opts: &Options) -> Result<(Config, Vec<Pool>, Option<String>), ConfigE
     Ok((cfg, pools, token))
 }
 
-fn start_line(cfg: &Config, pools: &[Pool], opts: &Options) -> String {
-    let pools_text: Vec<String> = pools.iter().map(Pool::describe).collect();
+fn start_line(cfg: &Config, sources: &Sources, opts: &Options) -> String {
+    let mut pools_text: Vec<String> = sources.files.iter().map(Pool::describe).collect();
+    if let Some(kube) = &sources.kube {
+        pools_text.push(kube.describe());
+    }
     let push_text = if opts.push {
         format!("pushing to {} (token from {})", cfg.push.url, cfg.token)
     } else {
         "not pushing (--no-push)".to_string()
     };
+    let kv_text = if cfg.metrics.kv_cache.is_empty() {
+        "none, reported as 0".to_string()
+    } else {
+        cfg.metrics.kv_cache.join(" | ")
+    };
     format!(
         "llm-router-sidecar {} starting: pools [{}], interval {} ms, scrape timeout {} ms, \
-         metrics path {} (waiting: {}; running: {}; kv_cache: {}), {}{}{}",
+         metrics path {} (waiting: {}; running: {}; kv_cache: {kv_text}), {push_text}{}{}",
         env!("CARGO_PKG_VERSION"),
         pools_text.join("; "),
         cfg.interval.as_millis(),
@@ -104,12 +162,6 @@ fn start_line(cfg: &Config, pools: &[Pool], opts: &Options) -> String {
         cfg.metrics_path,
         cfg.metrics.waiting.join(" | "),
         cfg.metrics.running.join(" | "),
-        if cfg.metrics.kv_cache.is_empty() {
-            "none, reported as 0".to_string()
-        } else {
-            cfg.metrics.kv_cache.join(" | ")
-        },
-        push_text,
         if opts.print {
             ", printing snapshots"
         } else {
@@ -119,55 +171,34 @@ fn start_line(cfg: &Config, pools: &[Pool], opts: &Options) -> String {
     )
 }
 
-fn run_loop(cfg: &Config, mut pools: Vec<Pool>, token: Option<&str>, opts: &Options) -> i32 {
+async fn run_loop(
+    cfg: &Config,
+    mut sources: Sources,
+    token: Option<&str>,
+    opts: &Options,
+    mut stop: Option<Stop>,
+) -> i32 {
+    let client = http::client();
     let mut seq: u64 = 0;
     let mut health = HealthTracker::default();
     let mut push_log = PushLog::new(PUSH_FAILURE_REMINDER);
     let push_timeout = cfg.scrape_timeout.max(Duration::from_secs(1));
     loop {
-        let cycle_start = Instant::now();
-        for pool in &mut pools {
+        let next = tokio::time::Instant::now() + cfg.interval;
+        for pool in &mut sources.files {
             for line in pool.refresh() {
                 logging::warn(&line);
             }
         }
-
-        let targets: Vec<&str> = pools
-            .iter()
-            .flat_map(|p| p.endpoints.iter().map(String::as_str))
-            .collect();
-        let mut results = scrape_all(&targets, &cfg.metrics_path, cfg.scrape_timeout).into_iter();
-
-        let mut snapshot_pools = BTreeMap::new();
-        let mut present = HashSet::new();
-        for pool in &pools {
-            let mut entries = Vec::with_capacity(pool.endpoints.len());
-            for address in &pool.endpoints {
-                let scraped = results
-                    .next()
-                    .unwrap_or_else(|| Err("not scraped".to_string()));
-                let (load, outcome) = endpoint_load(address, &scraped, &cfg.metrics);
-                if let Some(line) = health.observe(&pool.name, &load, &outcome) {
-                    if outcome.is_ok() {
-                        logging::info(&line);
-                    } else {
-                        logging::warn(&line);
-                    }
-                }
-                present.insert((pool.name.clone(), address.clone()));
-                entries.push(load);
-            }
-            snapshot_pools.insert(pool.name.clone(), entries);
-        }
-        health.retain(&present);
-
+        let kube_tiers = sources.kube.as_mut().map(KubeSource::current);
+        let pools = merge(&sources.files, kube_tiers.unwrap_or_default());
         seq += 1;
-        let snapshot = Snapshot {
-            pools: snapshot_pools,
+        let snapshot = LoadSnapshot {
+            pools: measure(cfg, &client, &pools, &mut health).await,
             generated_at_ms: now_ms(),
             seq,
         };
-        let body = snapshot.to_json();
+        let body = snapshot::to_json(&snapshot);
 
         if opts.print {
             let mut out = std::io::stdout().lock();
@@ -177,7 +208,10 @@ fn run_loop(cfg: &Config, mut pools: Vec<Pool>, token: Option<&str>, opts: &Opti
             }
         }
 
-        let pushed = token.map(|token| push(&cfg.push, token, &body, push_timeout));
+        let pushed = match token {
+            Some(token) => Some(push(&client, &cfg.push, token, body, push_timeout).await),
+            None => None,
+        };
         if let Some(result) = &pushed {
             if let Some(line) = push_log.on_result(Instant::now(), &cfg.push.url, seq, result) {
                 if result.is_ok() {
@@ -187,66 +221,74 @@ fn run_loop(cfg: &Config, mut pools: Vec<Pool>, token: Option<&str>, opts: &Opti
                 }
             }
         }
-
         if opts.once {
             return match pushed {
                 Some(Err(_)) => 1,
                 _ => 0,
             };
         }
-
-        let next = cycle_start + cfg.interval;
-        loop {
-            if signal::stop_requested() {
-                logging::info("received SIGTERM/SIGINT; exiting");
-                return 0;
+        let stopped = match stop.as_mut() {
+            Some(stop) => tokio::select! {
+                () = tokio::time::sleep_until(next) => false,
+                () = stop.requested() => true,
+            },
+            None => {
+                tokio::time::sleep_until(next).await;
+                false
             }
-            let left = next.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            thread::sleep(left.min(SLEEP_STEP));
+        };
+        if stopped {
+            logging::info("received SIGTERM/SIGINT; exiting");
+            return 0;
         }
     }
 }
 
-/// Scrapes every address concurrently (one short-lived thread each); results keep the order of
-/// `addresses`. Every scrape ends within `timeout`.
-fn scrape_all(addresses: &[&str], path: &str, timeout: Duration) -> Vec<ScrapeResult> {
-    thread::scope(|scope| {
-        let handles: Vec<_> = addresses
+/// Scrapes every endpoint of every pool concurrently and turns the results into the
+/// snapshot's pools; logs health changes.
+async fn measure(
+    cfg: &Config,
+    client: &HttpClient,
+    pools: &[(String, Vec<String>)],
+    health: &mut HealthTracker,
+) -> BTreeMap<String, Vec<llm_router_snapshot::Endpoint>> {
+    let scrapes = pools.iter().flat_map(|(_, endpoints)| {
+        endpoints
             .iter()
-            .map(|address| {
-                thread::Builder::new()
-                    .name("scrape".into())
-                    .stack_size(256 * 1024)
-                    .spawn_scoped(scope, move || scrape_one(address, path, timeout))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| match handle {
-                Ok(h) => h
-                    .join()
-                    .unwrap_or_else(|_| Err("the scrape thread panicked".to_string())),
-                Err(e) => Err(format!("cannot start a scrape thread: {e}")),
-            })
-            .collect()
-    })
+            .map(|a| scrape(client, a, &cfg.metrics_path, cfg.scrape_timeout))
+    });
+    let mut results = futures_util::future::join_all(scrapes).await.into_iter();
+    let mut out = BTreeMap::new();
+    let mut present = HashSet::new();
+    for (name, endpoints) in pools {
+        let mut entries = Vec::with_capacity(endpoints.len());
+        for address in endpoints {
+            let scraped = results
+                .next()
+                .unwrap_or_else(|| Err("not scraped".to_string()));
+            let (load, outcome) = endpoint_load(address, &scraped, &cfg.metrics);
+            if let Some(line) = health.observe(name, &load, &outcome) {
+                if outcome.is_ok() {
+                    logging::info(&line);
+                } else {
+                    logging::warn(&line);
+                }
+            }
+            present.insert((name.clone(), address.clone()));
+            entries.push(load);
+        }
+        out.insert(name.clone(), entries);
+    }
+    health.retain(&present);
+    out
 }
 
-fn scrape_one(address: &str, path: &str, timeout: Duration) -> ScrapeResult {
-    let socket: SocketAddr = address
-        .parse()
-        .map_err(|_| format!("bad address {address:?}"))?;
-    let request = Request {
-        method: "GET",
-        host: address,
-        path,
-        headers: &[("Accept", ACCEPT)],
-        body: b"",
-    };
-    match http::send(&[socket], &request, timeout) {
+async fn scrape(client: &HttpClient, address: &str, path: &str, timeout: Duration) -> ScrapeResult {
+    let request = hyper::Request::get(format!("http://{address}{path}"))
+        .header(hyper::header::ACCEPT, ACCEPT)
+        .body(Full::default())
+        .map_err(|e| format!("bad request for {address}: {e}"))?;
+    match http::send(client, request, timeout).await {
         Ok(r) if r.status == 200 => Ok(String::from_utf8_lossy(&r.body).into_owned()),
         Ok(r) => Err(format!("GET {path} answered HTTP {}", r.status)),
         Err(HttpError::Timeout) => Err(format!(
@@ -257,34 +299,25 @@ fn scrape_one(address: &str, path: &str, timeout: Duration) -> ScrapeResult {
     }
 }
 
-fn push(
+async fn push(
+    client: &HttpClient,
     target: &PushTarget,
     token: &str,
-    body: &str,
+    body: String,
     timeout: Duration,
 ) -> Result<(), PushFailure> {
-    let addrs: Vec<SocketAddr> = (target.host.as_str(), target.port)
-        .to_socket_addrs()
-        .map_err(|e| PushFailure::Unreachable(format!("cannot resolve {}: {e}", target.host)))?
-        .collect();
-    let authorization = format!("Bearer {token}");
-    let request = Request {
-        method: "POST",
-        host: &target.authority,
-        path: &target.path,
-        headers: &[
-            ("authorization", &authorization),
-            ("content-type", "application/json"),
-        ],
-        body: body.as_bytes(),
-    };
-    match http::send(&addrs, &request, timeout) {
+    let request = hyper::Request::post(&target.url)
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| PushFailure::Transport(format!("bad request: {e}")))?;
+    match http::send(client, request, timeout).await {
         Ok(r) if (200..300).contains(&r.status) => Ok(()),
         Ok(r) => Err(PushFailure::Status(
             r.status,
             String::from_utf8_lossy(&r.body).into_owned(),
         )),
-        Err(HttpError::Connect(e)) => Err(PushFailure::Unreachable(e.to_string())),
+        Err(HttpError::Connect(e)) => Err(PushFailure::Unreachable(e)),
         Err(HttpError::Timeout) => Err(PushFailure::Transport(format!(
             "no answer within {} ms",
             timeout.as_millis()

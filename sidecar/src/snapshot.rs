@@ -2,39 +2,20 @@
 
 use crate::config::MetricNames;
 use crate::prom::{self, Aggregate};
-use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use llm_router_snapshot::{Endpoint, LoadSnapshot};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// Queue lengths above this are reported as this (keeps the JSON within u32 for any reader).
 pub const MAX_COUNT: u64 = u32::MAX as u64;
 
-/// One endpoint's entry in the snapshot.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EndpointLoad {
-    pub address: String,
-    pub waiting: u64,
-    pub running: u64,
-    /// KV-cache usage as a fraction in [0, 1].
-    pub kv_cache: f64,
-    /// `false`: the endpoint did not answer in time, answered non-200, or lacked the metrics.
-    /// The load fields are then 0 and must not be used.
-    pub healthy: bool,
-}
+/// One endpoint's entry in the snapshot (the wire type shared with the filter).
+pub type EndpointLoad = Endpoint;
 
-/// The body POSTed to the gateway.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Snapshot {
-    pub pools: BTreeMap<String, Vec<EndpointLoad>>,
-    pub generated_at_ms: u64,
-    pub seq: u64,
-}
-
-impl Snapshot {
-    pub fn to_json(&self) -> String {
-        // Serializing plain strings, integers and finite floats cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
-    }
+/// The snapshot as one line of JSON (the push body).
+pub fn to_json(snapshot: &LoadSnapshot) -> String {
+    // Serializing plain strings, integers and finite floats cannot fail.
+    serde_json::to_string(snapshot).unwrap_or_default()
 }
 
 /// The outcome of scraping one endpoint: the /metrics body, or why there is none.
@@ -285,6 +266,7 @@ impl PushLog {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     const PAGE: &str = "# TYPE vllm:num_requests_waiting gauge\n\
         vllm:num_requests_waiting{model_name=\"a\"} 2.0\n\
@@ -374,13 +356,13 @@ mod tests {
             ],
         );
         pools.insert("large".to_string(), vec![]);
-        let snap = Snapshot {
+        let snap = LoadSnapshot {
             pools,
             generated_at_ms: 1_700_000_000_123,
             seq: 7,
         };
         assert_eq!(
-            snap.to_json(),
+            to_json(&snap),
             r#"{"pools":{"large":[],"small":[{"address":"127.0.0.1:8101","waiting":3,"running":4,"kv_cache":0.3,"healthy":true},{"address":"127.0.0.1:8102","waiting":0,"running":0,"kv_cache":0.0,"healthy":false}]},"generated_at_ms":1700000000123,"seq":7}"#
         );
     }

@@ -12,7 +12,6 @@ mod inflight;
 pub use inflight::PoolInFlight;
 
 use crate::config::{Criticality, Endpoints};
-use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
@@ -20,35 +19,13 @@ use std::net::SocketAddr;
 pub const MAX_ENDPOINTS_PER_POOL: usize = 1024;
 pub const MAX_POOLS: usize = 64;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Endpoint {
-    pub address: String,
-    #[serde(default)]
-    pub waiting: u64,
-    #[serde(default)]
-    pub running: u64,
-    #[serde(default)]
-    pub kv_cache: f64,
-    /// The sidecar could scrape it (absent = healthy, the original snapshot format).
-    #[serde(default = "yes")]
-    pub healthy: bool,
-}
-
-fn yes() -> bool {
-    true
-}
+/// One endpoint's load, as the sidecar pushes it (the wire type is shared with the sidecar).
+pub use llm_router_snapshot::Endpoint;
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Snapshot {
     /// (pool name, endpoints), in the snapshot's order.
     pub pools: Vec<(String, Vec<Endpoint>)>,
-}
-
-#[derive(Deserialize)]
-struct WireSnapshot {
-    pools: std::collections::BTreeMap<String, Vec<Endpoint>>,
-    // `generated_at_ms`, `seq` and other fields are accepted and ignored: staleness is judged
-    // by arrival time at the proxy, which needs no clock agreement with the sidecar.
 }
 
 impl Snapshot {
@@ -58,7 +35,9 @@ impl Snapshot {
     /// a metric label and an in-flight key); an address listed twice in one pool is kept once
     /// (its first entry).
     pub fn parse(body: &[u8]) -> Result<Snapshot, String> {
-        let wire: WireSnapshot =
+        // `generated_at_ms`, `seq` and other fields are accepted and ignored: staleness is judged
+        // by arrival time at the proxy, which needs no clock agreement with the sidecar.
+        let wire: llm_router_snapshot::LoadSnapshot =
             serde_json::from_slice(body).map_err(|e| format!("malformed snapshot: {e}"))?;
         if wire.pools.len() > MAX_POOLS {
             return Err(format!("more than {MAX_POOLS} pools"));
@@ -155,6 +134,29 @@ pub enum Pick {
     Shed,
     /// No usable endpoint (none healthy): leave it to the gateway's load balancing.
     NoEndpoint,
+    /// The gateway allowed only a subset of endpoints and no healthy one of the pool is in it:
+    /// answer 503 (the Inference Extension's subset-hint rule).
+    NotInSubset,
+}
+
+/// The endpoints a gateway allows for one request (the Inference Extension's subset hint,
+/// `ip:port` separated by commas), canonical like snapshot addresses. Entries that are not
+/// `ip:port` are dropped; at most `MAX_ENDPOINTS_PER_POOL` are read.
+pub fn parse_subset(list: &str) -> Vec<SocketAddr> {
+    list.split(',')
+        .filter_map(|a| a.trim().parse::<SocketAddr>().ok())
+        .take(MAX_ENDPOINTS_PER_POOL)
+        .collect()
+}
+
+fn allowed(e: &Endpoint, subset: Option<&[SocketAddr]>) -> bool {
+    match subset {
+        None => true,
+        Some(list) => e
+            .address
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| list.contains(&a)),
+    }
 }
 
 /// Whether an endpoint cannot take more work (`extra` = requests sent since the snapshot).
@@ -185,22 +187,27 @@ fn shorten(s: &str) -> String {
 const TIE: f64 = 1e-9;
 
 /// Picks an endpoint. `extra(i)` is the number of requests sent to endpoint `i` since the
-/// snapshot; `roll` is a random number for tie-breaking.
+/// snapshot; `subset` the endpoints the gateway allows (`None`: all); `roll` is a random
+/// number for tie-breaking.
 pub fn pick(
     pool: &[Endpoint],
     extra: impl Fn(usize) -> u64,
     cfg: &Endpoints,
     criticality: Criticality,
+    subset: Option<&[SocketAddr]>,
     roll: u64,
 ) -> Pick {
     let healthy: Vec<(usize, u64)> = pool
         .iter()
         .enumerate()
-        .filter(|(_, e)| e.healthy)
+        .filter(|(_, e)| e.healthy && allowed(e, subset))
         .map(|(i, _)| (i, extra(i)))
         .collect();
     if healthy.is_empty() {
-        return Pick::NoEndpoint;
+        return match subset {
+            Some(_) => Pick::NotInSubset,
+            None => Pick::NoEndpoint,
+        };
     }
     let open: Vec<(usize, u64)> = healthy
         .iter()

@@ -87,7 +87,7 @@ fn check_pick(pool: &[Endpoint], extra: &[u64], cfg: &Endpoints, crit: Criticali
         .copied()
         .filter(|&i| !saturated(&pool[i], x(i), cfg))
         .collect();
-    match pick(pool, x, cfg, crit, roll) {
+    match pick(pool, x, cfg, crit, None, roll) {
         Pick::Endpoint(i) => {
             assert!(i < pool.len() && pool[i].healthy, "{i} {pool:?}");
             let candidates = if open.is_empty() { &healthy } else { &open };
@@ -104,6 +104,7 @@ fn check_pick(pool: &[Endpoint], extra: &[u64], cfg: &Endpoints, crit: Criticali
             assert!(!healthy.is_empty() && open.is_empty());
         }
         Pick::NoEndpoint => assert!(healthy.is_empty(), "{pool:?}"),
+        Pick::NotInSubset => panic!("no subset was given: {pool:?}"),
     }
 }
 

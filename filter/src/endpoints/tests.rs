@@ -87,7 +87,14 @@ fn addresses_are_canonical_and_listed_once() {
     assert_eq!(p[1].address, "10.0.0.1:8000");
     // an empty pool picks nothing
     assert_eq!(
-        pick(s.pool("q").unwrap(), none, &cfg(), Criticality::Standard, 0),
+        pick(
+            s.pool("q").unwrap(),
+            none,
+            &cfg(),
+            Criticality::Standard,
+            None,
+            0
+        ),
         Pick::NoEndpoint
     );
     // error messages do not echo a huge name
@@ -105,7 +112,7 @@ fn scores_stay_finite_on_extreme_snapshots() {
     assert!(s.is_finite());
     let pool = [e.clone(), ep("10.0.0.2:80", 0, 0.0)];
     assert_eq!(
-        pick(&pool, |_| u64::MAX, &cfg(), Criticality::Standard, 9),
+        pick(&pool, |_| u64::MAX, &cfg(), Criticality::Standard, None, 9),
         Pick::Endpoint(1)
     );
 }
@@ -156,7 +163,7 @@ fn push_needs_loopback_and_the_token() {
 fn least_loaded_wins() {
     let pool = [ep("a:1", 3, 0.2), ep("b:1", 0, 0.1), ep("c:1", 1, 0.1)];
     assert_eq!(
-        pick(&pool, none, &cfg(), Criticality::Standard, 0),
+        pick(&pool, none, &cfg(), Criticality::Standard, None, 0),
         Pick::Endpoint(1)
     );
 }
@@ -165,7 +172,7 @@ fn least_loaded_wins() {
 fn kv_cache_counts() {
     let pool = [ep("a:1", 1, 0.05), ep("b:1", 1, 0.7)];
     assert_eq!(
-        pick(&pool, none, &cfg(), Criticality::Standard, 0),
+        pick(&pool, none, &cfg(), Criticality::Standard, None, 0),
         Pick::Endpoint(0)
     );
 }
@@ -174,7 +181,7 @@ fn kv_cache_counts() {
 fn requests_sent_since_the_snapshot_count_as_queue() {
     let pool = [ep("a:1", 0, 0.1), ep("b:1", 1, 0.1)];
     assert_eq!(
-        pick(&pool, |i| [2, 0][i], &cfg(), Criticality::Standard, 0),
+        pick(&pool, |i| [2, 0][i], &cfg(), Criticality::Standard, None, 0),
         Pick::Endpoint(1)
     );
 }
@@ -190,7 +197,7 @@ fn saturated_and_unhealthy_are_skipped() {
         ep("c:1", 4, 0.7),
     ];
     assert_eq!(
-        pick(&pool, none, &cfg(), Criticality::Standard, 0),
+        pick(&pool, none, &cfg(), Criticality::Standard, None, 0),
         Pick::Endpoint(3)
     );
 }
@@ -199,15 +206,15 @@ fn saturated_and_unhealthy_are_skipped() {
 fn all_saturated_sheds_only_sheddable() {
     let pool = [ep("a:1", 9, 0.1), ep("b:1", 6, 0.1)];
     assert_eq!(
-        pick(&pool, none, &cfg(), Criticality::Sheddable, 0),
+        pick(&pool, none, &cfg(), Criticality::Sheddable, None, 0),
         Pick::Shed
     );
     assert_eq!(
-        pick(&pool, none, &cfg(), Criticality::Standard, 0),
+        pick(&pool, none, &cfg(), Criticality::Standard, None, 0),
         Pick::Endpoint(1)
     );
     assert_eq!(
-        pick(&pool, none, &cfg(), Criticality::Critical, 0),
+        pick(&pool, none, &cfg(), Criticality::Critical, None, 0),
         Pick::Endpoint(1)
     );
 }
@@ -217,11 +224,11 @@ fn no_healthy_endpoint_falls_back() {
     let mut a = ep("a:1", 0, 0.0);
     a.healthy = false;
     assert_eq!(
-        pick(&[a], none, &cfg(), Criticality::Standard, 0),
+        pick(&[a], none, &cfg(), Criticality::Standard, None, 0),
         Pick::NoEndpoint
     );
     assert_eq!(
-        pick(&[], none, &cfg(), Criticality::Sheddable, 0),
+        pick(&[], none, &cfg(), Criticality::Sheddable, None, 0),
         Pick::NoEndpoint
     );
 }
@@ -231,7 +238,7 @@ fn ties_are_broken_at_random() {
     let pool = [ep("a:1", 0, 0.0), ep("b:1", 2, 0.0), ep("c:1", 0, 0.0)];
     let mut seen = [0; 3];
     for roll in 0..100 {
-        if let Pick::Endpoint(i) = pick(&pool, none, &cfg(), Criticality::Standard, roll) {
+        if let Pick::Endpoint(i) = pick(&pool, none, &cfg(), Criticality::Standard, None, roll) {
             seen[i] += 1;
         }
     }
@@ -332,5 +339,42 @@ fn staleness_is_by_arrival_time() {
     assert!(
         !m.is_stale(5_000, &cfg()),
         "clock going backwards is not staleness"
+    );
+}
+
+#[test]
+fn the_gateways_subset_limits_the_pick() {
+    let a = ep("10.0.0.1:8000", 0, 0.0);
+    let b = ep("10.0.0.2:8000", 9, 0.0);
+    let c = ep("10.0.0.3:8000", 9, 0.0);
+    let pool = [a, b, c];
+    let none = |_| 0;
+    // The least loaded (a) is outside the subset: the best inside it wins.
+    let subset = parse_subset("10.0.0.2:8000, 10.0.0.9:1,not-an-address");
+    assert_eq!(subset.len(), 2);
+    assert_eq!(
+        pick(&pool, none, &cfg(), Criticality::Standard, Some(&subset), 0),
+        Pick::Endpoint(1)
+    );
+    // Nothing of the pool in the subset: 503, never an endpoint outside it.
+    let elsewhere = parse_subset("192.0.2.1:80");
+    assert_eq!(
+        pick(
+            &pool,
+            none,
+            &cfg(),
+            Criticality::Standard,
+            Some(&elsewhere),
+            0
+        ),
+        Pick::NotInSubset
+    );
+    assert_eq!(
+        pick(&pool, none, &cfg(), Criticality::Standard, Some(&[]), 0),
+        Pick::NotInSubset
+    );
+    assert_eq!(
+        pick(&pool, none, &cfg(), Criticality::Standard, None, 0),
+        Pick::Endpoint(0)
     );
 }

@@ -7,6 +7,7 @@ use crate::endpoints::{self, Endpoint, Meta, Pick, PoolInFlight, Snapshot};
 use crate::store::{update, Step, Store, StoreError};
 use log::warn;
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 const META_KEY: &str = "llm_router/ep/meta";
@@ -38,6 +39,8 @@ pub enum Outcome {
         ticket: Ticket,
     },
     Shed,
+    /// The gateway's subset hint allows no usable endpoint of the pool: answer 503.
+    NotInSubset,
     Fallback(Fallback),
 }
 
@@ -84,6 +87,7 @@ impl SnapshotCache {
         cfg: &Endpoints,
         pool: &str,
         criticality: Criticality,
+        subset: Option<&[SocketAddr]>,
         now_ms: u64,
         roll: u64,
     ) -> Outcome {
@@ -110,7 +114,7 @@ impl SnapshotCache {
         };
         let counts = in_flight.per_endpoint(meta.version, endpoints);
         let extra = |i: usize| counts.get(i).copied().unwrap_or(0);
-        match endpoints::pick(endpoints, extra, cfg, criticality, roll) {
+        match endpoints::pick(endpoints, extra, cfg, criticality, subset, roll) {
             Pick::Endpoint(i) => {
                 let Some(e) = endpoints.get(i) else {
                     return Outcome::Fallback(Fallback::NoEndpoint);
@@ -127,6 +131,7 @@ impl SnapshotCache {
             }
             Pick::Shed => Outcome::Shed,
             Pick::NoEndpoint => Outcome::Fallback(Fallback::NoEndpoint),
+            Pick::NotInSubset => Outcome::NotInSubset,
         }
     }
 }

@@ -15,6 +15,9 @@ use crate::reply::LocalReply;
 use log::warn;
 use proxy_wasm::types::Action;
 
+/// Where the ext_proc server puts the gateway's endpoint subset hint (`ip:port,...`).
+pub const SUBSET_PROPERTY: [&str; 2] = ["llm_router", "endpoint_subset"];
+
 /// Largest load snapshot accepted from the sidecar.
 const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024;
 
@@ -225,10 +228,17 @@ fn pick_endpoint(
         .as_deref()
         .and_then(|h| plan::header(headers, h));
     let crit = crate::endpoints::criticality(fwd.criticality, asked);
-    match sh
-        .snapshots
-        .pick(ep_cfg, pool, crit, now_ms(), random_u64())
-    {
+    // Behind ext_proc, the gateway may allow only some endpoints (the Inference Extension's
+    // subset hint); the server hands it over as this property. Envoy in-proxy has none.
+    let subset = property_string(&SUBSET_PROPERTY).map(|s| crate::endpoints::parse_subset(&s));
+    match sh.snapshots.pick(
+        ep_cfg,
+        pool,
+        crit,
+        subset.as_deref(),
+        now_ms(),
+        random_u64(),
+    ) {
         picker::Outcome::Picked { address, ticket } => {
             let label = sh.stats.endpoint_label(&address);
             sh.stats.inc(Metric::EndpointPicked, &[routed.tier, label]);
@@ -248,6 +258,12 @@ fn pick_endpoint(
             .with_header("retry-after", "1".to_string());
             Some(reply)
         }
+        picker::Outcome::NotInSubset => Some(LocalReply::error(
+            503,
+            "server_error",
+            "no_eligible_endpoint",
+            "No model server the gateway allows for this request can take it.",
+        )),
         picker::Outcome::Fallback(why) => {
             sh.stats
                 .inc(Metric::EndpointFallback, &[routed.tier, why as u16]);

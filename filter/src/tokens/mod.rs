@@ -33,8 +33,10 @@ pub fn estimate_tokens(text: &str) -> u64 {
 }
 
 mod params;
+mod prose;
 use params::{ws_add, ws_kind};
 pub(crate) use params::{Params, PARAMS};
+use prose::{latin_word, lower_run, smul, upper_run, word_gap};
 
 /// Character classes that matter to the pre-tokenizer and to the costs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -81,38 +83,6 @@ fn ascii_class(b: u8) -> Class {
         .get(usize::from(b))
         .copied()
         .unwrap_or(Class::Other)
-}
-
-/// Number of ASCII lowercase letters at the start of `s`, eight bytes at a time (words of prose
-/// mostly fit in one step, so the loop rarely branches on the data).
-fn lower_run(s: &[u8]) -> usize {
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut n = 0usize;
-    let mut chunks = s.chunks_exact(8);
-    for chunk in &mut chunks {
-        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
-            break;
-        };
-        let x = u64::from_le_bytes(bytes);
-        let low7 = x & !HIGH;
-        // Bit 7 of each byte: set for bytes >= b'a', and for bytes > b'z' (no carries: every
-        // byte stays below 0x100).
-        let from_a = low7.wrapping_add(0x1F1F_1F1F_1F1F_1F1F);
-        let past_z = low7.wrapping_add(0x0505_0505_0505_0505);
-        let lower = from_a & !past_z & !x & HIGH;
-        let other = !lower & HIGH;
-        if other != 0 {
-            return n.saturating_add((other.trailing_zeros() / 8) as usize);
-        }
-        n = n.saturating_add(8);
-    }
-    n.saturating_add(
-        chunks
-            .remainder()
-            .iter()
-            .take_while(|b| b.is_ascii_lowercase())
-            .count(),
-    )
 }
 
 const ASCII_CLASS: [Class; 128] = {
@@ -209,25 +179,21 @@ impl Estimator<'_> {
                 accents,
                 capital,
             } => match kind {
-                WordKind::Latin => {
+                WordKind::Latin => latin_word(p, letters, uppers, capital).saturating_add(
                     if letters >= 2 && uppers == letters {
-                        letters.saturating_mul(p.caps_per_char).max(p.word_short)
+                        0
                     } else {
-                        let extra = letters.saturating_sub(p.word_short_len);
-                        p.word_short
-                            .saturating_add(extra.saturating_mul(p.word_extra_per_char))
-                            .saturating_add(accents.saturating_mul(p.latin_accent))
-                            .saturating_add(if capital { p.word_capital } else { 0 })
-                    }
-                }
+                        smul(accents, p.latin_accent)
+                    },
+                ),
                 WordKind::Cyrillic => p
                     .cyrillic_word
-                    .saturating_add(letters.saturating_mul(p.cyrillic_per_char)),
+                    .saturating_add(smul(letters, p.cyrillic_per_char)),
                 WordKind::Arabic => p
                     .arabic_word
-                    .saturating_add(letters.saturating_mul(p.arabic_per_char)),
+                    .saturating_add(smul(letters, p.arabic_per_char)),
             },
-            Run::Digits(n) => n.div_ceil(3).saturating_mul(p.digit_group),
+            Run::Digits(n) => smul(n.div_ceil(3), p.digit_group),
             Run::Punct(n) => {
                 let is_letter = matches!(
                     next,
@@ -243,7 +209,7 @@ impl Estimator<'_> {
                     p.punct_attached
                 } else {
                     p.punct_first
-                        .saturating_add(n.saturating_sub(1).saturating_mul(p.punct_next))
+                        .saturating_add(smul(n.saturating_sub(1), p.punct_next))
                 }
             }
             Run::Space {
@@ -313,71 +279,37 @@ impl Estimator<'_> {
                         capital: upper,
                     };
                 }
-                let mut used = 0usize;
-                loop {
-                    // Letters up to the next non-letter, or up to a camelCase hump (an
-                    // uppercase letter after a lowercase one; the next call starts a new word).
-                    let mut n: u64 = 0;
-                    let mut ups: u64 = 0;
-                    let mut last_lower = self.last_lower && !upper;
-                    // Uppercase letters (not after a lowercase one), then lowercase ones.
-                    if !last_lower {
-                        let caps = s
-                            .get(used..)
-                            .unwrap_or_default()
-                            .iter()
-                            .take_while(|b| b.is_ascii_uppercase())
-                            .count();
-                        ups = caps as u64;
-                        n = ups;
-                    }
-                    let lower = lower_run(
-                        s.get((used.saturating_add(n as usize))..)
-                            .unwrap_or_default(),
-                    );
-                    if lower > 0 {
-                        last_lower = true;
-                    }
-                    n = n.saturating_add(lower as u64);
-                    used = used.saturating_add(n as usize);
-                    if let Run::Word {
-                        letters, uppers, ..
-                    } = &mut self.run
-                    {
-                        *letters = letters.saturating_add(n);
-                        *uppers = uppers.saturating_add(ups);
-                    }
-                    self.last_lower = last_lower;
-                    // The common case of prose: one space, then the next word. The space
-                    // merges into that word (no cost), so go straight on with it.
-                    // Likewise one punctuation mark and one space before the next word (", "
-                    // and ". "): the mark is a run of one not followed by a letter.
-                    let at = |i: usize| s.get(used.saturating_add(i)).copied().unwrap_or(0);
-                    let (gap, punct) = match (at(0), at(1), at(2)) {
-                        (b' ', next, _) if next.is_ascii_alphabetic() => (1, 0),
-                        (mark, b' ', next)
-                            if next.is_ascii_alphabetic()
-                                && mark.is_ascii()
-                                && ascii_class(mark) == Class::Punct =>
-                        {
-                            (2, self.p.punct_first)
-                        }
-                        _ => return used,
-                    };
-                    let upper = at(gap).is_ascii_uppercase();
-                    // A word's cost does not depend on what follows it.
-                    self.flush(None);
-                    self.add(punct);
-                    self.run = Run::Word {
-                        kind: WordKind::Latin,
-                        letters: 0,
-                        uppers: 0,
-                        accents: 0,
-                        capital: upper,
-                    };
-                    self.last_lower = false;
-                    used = used.saturating_add(gap);
+                // Letters up to the next non-letter, or up to a camelCase hump (an uppercase
+                // letter after a lowercase one; the next call starts a new word).
+                let mut n: u64 = 0;
+                let mut ups: u64 = 0;
+                let mut last_lower = self.last_lower && !upper;
+                // Uppercase letters (not after a lowercase one), then lowercase ones.
+                if !last_lower {
+                    ups = upper_run(s) as u64;
+                    n = ups;
                 }
+                let lower = lower_run(s.get(n as usize..).unwrap_or_default());
+                if lower > 0 {
+                    last_lower = true;
+                }
+                n = n.saturating_add(lower as u64);
+                if let Run::Word {
+                    letters, uppers, ..
+                } = &mut self.run
+                {
+                    *letters = letters.saturating_add(n);
+                    *uppers = uppers.saturating_add(ups);
+                }
+                self.last_lower = last_lower;
+                let used = n as usize;
+                let Some((gap, punct)) = word_gap(self.p, s, used) else {
+                    return used;
+                };
+                // A word's cost does not depend on what follows it.
+                self.flush(None);
+                self.add(punct);
+                self.words(s, used.saturating_add(gap))
             }
             Class::Digit => {
                 let n = s.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -557,7 +489,7 @@ impl Estimator<'_> {
                     Class::Symbol => p.symbol,
                     Class::Emoji => p.emoji,
                     Class::Joiner => p.emoji_joiner,
-                    _ => (c.len_utf8() as u64).saturating_mul(p.other_per_byte),
+                    _ => smul(c.len_utf8() as u64, p.other_per_byte),
                 };
                 self.add(cost);
             }

@@ -370,3 +370,48 @@ fn prop_fast_path_matches_per_character_reference() {
         }
     }
 }
+
+/// The prose fast path (`prose.rs`: eight bytes at a time, words of every length from 1 to 20
+/// letters, all-caps, capitalised and camelCase, separated by the gaps it handles and by ones it
+/// hands back) gives exactly what every character through the general path gives.
+#[test]
+fn prose_fast_path_matches_the_per_char_path() {
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move |m: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % m
+    };
+    let gaps = [
+        " ", " ", " ", ", ", ". ", "  ", ",", ".\n", " 7", "; ", "é ",
+    ];
+    for round in 0..crate::testutil::iters(3000) {
+        let mut text = String::new();
+        for _ in 0..next(60) {
+            let len = 1 + next(20) as usize;
+            let shape = next(6);
+            for i in 0..len {
+                let c = char::from(b'a' + next(26) as u8);
+                let upper = match shape {
+                    0 => true,
+                    1 => i == 0,
+                    2 => i < 3,
+                    3 => i == len / 2,
+                    _ => false,
+                };
+                text.push(if upper { c.to_ascii_uppercase() } else { c });
+            }
+            let g = gaps
+                .get(next(gaps.len() as u64) as usize)
+                .copied()
+                .unwrap_or(" ");
+            text.push_str(g);
+        }
+        assert_eq!(
+            estimate_tokens(&text),
+            estimate_per_char(&text, &PARAMS),
+            "round {round}: {text:?}"
+        );
+    }
+}
