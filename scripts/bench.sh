@@ -11,6 +11,9 @@
 #           prompt size, rounds interleaved so that a noisy minute hits every variant alike;
 #           against a fast upstream (a second Envoy answering a canned chat completion with
 #           `direct_response`). Then the resident memory of a worker VM (--concurrency 1 vs 4).
+#           Variant X is the ext_proc path: C's plugin configuration in llm-router-extproc
+#           (--workers 1, pinned with the gateways; CPU counted with its gateway's) behind
+#           envoy-config/envoy-extproc.yaml.
 #           How to read it: bench/load/README.md.
 #
 # Environment (all optional):
@@ -19,9 +22,10 @@
 #   BENCH_ROUNDS=2            interleaved rounds (figures are summed over rounds)
 #   BENCH_CONNECTIONS=16      wrk connections
 #   BENCH_PROMPT_BYTES="2048 32768 262144"   prompt sizes (bytes of prompt text per request)
-#   BENCH_VARIANTS="A F L B C"               which gateway variants
+#   BENCH_VARIANTS="A F L B C X"             which gateway variants
 #   BENCH_PORT_BASE=13000     upstream admin :BASE+2, upstream servers :BASE+101..103 and
-#                             :BASE+201..202, gateway k (A F L B C) :BASE+10+2k, admin :BASE+11+2k
+#                             :BASE+201..202, gateway k (A F L B C X) :BASE+10+2k, admin :BASE+11+2k,
+#                             X's llm-router-extproc :BASE+3 (gRPC), +4 (health), +5 (metrics)
 #   BENCH_PIN=1               pin the gateways to one CPU and wrk + upstream to the others (taskset)
 #   BENCH_PARTS="estimator cost load memory"   which parts to run
 #   BENCH_LOCK_WAIT=900       seconds to wait for /tmp/llm-router-e2e.lock (held during the load test)
@@ -37,14 +41,15 @@ WARMUP=${BENCH_WARMUP_SECONDS:-1}
 ROUNDS=${BENCH_ROUNDS:-2}
 CONNS=${BENCH_CONNECTIONS:-16}
 PROMPTS=${BENCH_PROMPT_BYTES:-"2048 32768 262144"}
-VARIANTS=${BENCH_VARIANTS:-"A F L B C"}
+VARIANTS=${BENCH_VARIANTS:-"A F L B C X"}
 BASE=${BENCH_PORT_BASE:-13000}
 PIN=${BENCH_PIN:-1}
 PARTS=${BENCH_PARTS:-"estimator cost load memory"}
 LOCK=/tmp/llm-router-e2e.lock
 LOCK_WAIT=${BENCH_LOCK_WAIT:-900}
 
-ALL_VARIANTS=(A F L B C)   # the order of gen-configs.py's VARIANTS (ports)
+ALL_VARIANTS=(A F L B C X)   # the order of gen-configs.py's VARIANTS (ports)
+X_PORTS=($((BASE + 3)) $((BASE + 4)) $((BASE + 5)))   # variant X's server: gRPC, health, metrics
 UP_ADMIN=$((BASE + 2))
 UP_PORTS=($((BASE + 101)) $((BASE + 102)) $((BASE + 103)) $((BASE + 201)) $((BASE + 202)))
 
@@ -204,11 +209,11 @@ gw_port() {  # variant: its gateway's listener port (gen-configs.py's `ports`)
 }
 gw_admin() { echo $(($(gw_port "$1") + 1)); }
 for v in $VARIANTS; do
-  [ -n "$(gw_port "$v")" ] || die "unknown variant $v (A F L B C)"
+  [ -n "$(gw_port "$v")" ] || die "unknown variant $v (A F L B C X)"
 done
 
 busy=()
-for p in "$UP_ADMIN" "${UP_PORTS[@]}"; do
+for p in "$UP_ADMIN" "${UP_PORTS[@]}" "${X_PORTS[@]}"; do
   if port_busy "$p"; then h=$(holder "$p"); busy+=("127.0.0.1:$p${h:+ (held by $h)}"); fi
 done
 for v in $VARIANTS; do
@@ -255,14 +260,39 @@ push_snapshot() {  # port
     --data-binary @"$TMP/snapshot.json" "http://127.0.0.1:$1$PUSH_PATH" || true
 }
 
+# --- variant X: the ext_proc server ---------------------------------------------------------
+SRV_PID=""
+start_extproc() {  # on the gateways' CPU: its cost belongs to its gateway's
+  [ -x target/release/llm-router-extproc ] || cargo build -q --release -p llm-router-extproc \
+    || die "variant X: building llm-router-extproc failed"
+  "${GW_PIN[@]}" target/release/llm-router-extproc --wasm dist/llm_router.wasm \
+    --plugin-config "$TMP/plugin-X.json" --plaintext --workers 1 --env LLM_ROUTER_PUSH_TOKEN \
+    --grpc-addr "127.0.0.1:${X_PORTS[0]}" --health-addr "127.0.0.1:${X_PORTS[1]}" \
+    --metrics-addr "127.0.0.1:${X_PORTS[2]}" >"$TMP/extproc.log" 2>&1 </dev/null &
+  SRV_PID=$!; PIDS+=("$SRV_PID")
+  local deadline=$((SECONDS + 30))
+  until grep -q "serving ext_proc on" "$TMP/extproc.log"; do
+    kill -0 "$SRV_PID" 2>/dev/null || die "llm-router-extproc exited: $(tail -5 "$TMP/extproc.log")"
+    [ $SECONDS -lt $deadline ] || die "llm-router-extproc not serving within 30 s"
+    sleep 0.1
+  done
+}
+push_port() { if [ "$1" = X ]; then echo "${X_PORTS[2]}"; else gw_port "$1"; fi; }
+ticks() {  # variant: CPU ticks of its gateway (and of X's server)
+  local t; t=$(cpu_ticks "${GW[$1]}")
+  if [ "$1" = X ] && [ -n "$SRV_PID" ]; then t=$((t + $(cpu_ticks "$SRV_PID"))); fi
+  echo "$t"
+}
+
 start_gateway() {  # variant concurrency -> sets GW_PID
   local v=$1 log="$TMP/gateway-$1-c$2.log" probe code
+  [ "$v" = X ] && start_extproc
   "${GW_PIN[@]}" "$ENVOY" -c "$TMP/gateway-$v.yaml" --concurrency "$2" --disable-hot-restart \
     --log-level warn >"$log" 2>&1 </dev/null &
   GW_PID=$!; PIDS+=("$GW_PID")
   wait_ready "$(gw_admin "$v")" "$GW_PID" "gateway $v" "$log"
-  if [ "$v" = C ]; then
-    code=$(push_snapshot "$(gw_port C)")
+  if [ "$v" = C ] || [ "$v" = X ]; then
+    code=$(push_snapshot "$(push_port "$v")")
     [ "$code" = 204 ] || die "snapshot push answered $code (expected 204); log: $log"
   fi
   # One request first: it must succeed, or the figures would measure an error path.
@@ -279,6 +309,7 @@ vname() {
   case $1 in
     A) echo "passthrough" ;; F) echo "buffer filter" ;; L) echo "Lua anchor" ;;
     B) echo "llm-router, routing only" ;; C) echo "llm-router, shipped" ;;
+    X) echo "ext_proc server, shipped" ;;
   esac
 }
 
@@ -289,9 +320,9 @@ measure() {  # variant prompt_bytes round: one warm-up and one measured wrk run,
   local v=$1 pb=$2 round=$3 port pid t0 t1 line out
   port=$(gw_port "$v"); pid=${GW[$v]}; out="$TMP/wrk-$v-$pb-$round.txt"
   run_wrk "$port" "$WARMUP" "$pb" "$TMP/warmup-$v-$pb-$round.txt"
-  t0=$(cpu_ticks "$pid")
+  t0=$(ticks "$v")
   run_wrk "$port" "$RUN_SECONDS" "$pb" "$out"
-  t1=$(cpu_ticks "$pid")
+  t1=$(ticks "$v")
   line=$(grep '^WRK ' "$out" || true)
   [ -n "$line" ] || die "no result line from wrk:
 $(tail -5 "$out")"
@@ -349,15 +380,16 @@ slopes() {
 # --- the interleaved run --------------------------------------------------------------------
 declare -A GW REQ DUR TICKS NON2XX ERRS RSS_IDLE
 if has_part load; then
-  PUSH_PID=""
+  PUSH_PIDS=()
   for v in $VARIANTS; do
     start_gateway "$v" 1
     GW[$v]=$GW_PID
     RSS_IDLE[$v]=$(rss_kb "$GW_PID")
-    if [ "$v" = C ]; then
+    if [ "$v" = C ] || [ "$v" = X ]; then
       # Like the sidecar: push again well within stale_after_ms, for the whole run.
-      ( while sleep 0.5; do push_snapshot "$(gw_port C)" >/dev/null; done ) </dev/null >/dev/null 2>&1 &
-      PUSH_PID=$!; PIDS+=("$PUSH_PID")
+      pp=$(push_port "$v")
+      ( while sleep 0.5; do push_snapshot "$pp" >/dev/null; done ) </dev/null >/dev/null 2>&1 &
+      PUSH_PIDS+=($!); PIDS+=($!)
     fi
   done
   read -r -a order <<<"$VARIANTS"
@@ -368,7 +400,7 @@ if has_part load; then
     done
     order=("${order[@]:1}" "${order[0]}")   # the next round starts with another variant
   done
-  [ -n "$PUSH_PID" ] && stop_pid "$PUSH_PID"
+  for p in "${PUSH_PIDS[@]}"; do stop_pid "$p"; done
   table
   slopes
   cat <<'EOF'
@@ -380,11 +412,20 @@ if has_part load; then
                  the robust figure (it does not depend on who else was the bottleneck).
   us over buffer CPU us/req minus F's: what the variant adds to holding the body.
   RSS            gateway VmRSS after startup / at the end.
+  X              C's plugin configuration in llm-router-extproc (--workers 1) behind Envoy's
+                 ext_proc filter (envoy-extproc.yaml, FULL_DUPLEX_STREAMED): CPU us/req is the
+                 gateway's and the server's together; RSS is the gateway's only.
 EOF
   for v in $VARIANTS; do
     if [ "$v" = B ] || [ "$v" = C ]; then
       a=$(gw_admin "$v")
       echo "  variant $v: filter counted requests_total=$(stat_sum "$a" llm_router_requests_total), endpoint_picked=$(stat_sum "$a" llm_router_endpoint_picked_total), rate_limited=$(stat_sum "$a" llm_router_rate_limited_total), invalid_body=$(stat_sum "$a" llm_router_invalid_body_total)"
+    fi
+    if [ "$v" = X ]; then
+      m=$(curl -s --max-time 2 "http://127.0.0.1:${X_PORTS[2]}/metrics")
+      msum() { echo "$m" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $NF} END {print s + 0}'; }
+      echo "  variant X: server counted requests_total=$(msum llm_router_requests_total), endpoint_picked=$(msum llm_router_endpoint_picked_total), streams=$(msum llm_router_extproc_streams_total), traps=$(msum llm_router_extproc_traps_total)"
+      stop_pid "$SRV_PID"; SRV_PID=""
     fi
     log="$TMP/gateway-$v-c1.log"
     if grep -qE '\]\[(error|critical)\]' "$log"; then

@@ -30,7 +30,9 @@ shipped topology (3 small, 2 large), answering a canned OpenAI chat completion w
 Usage: gen-configs.py SHIPPED_YAML OUTDIR WASM_PATH PORT_BASE
   PORT_BASE     +2 upstream admin; +101..+103 upstream "small" servers; +201..+202 upstream
                 "large" servers; gateway of variant number k (VARIANTS order) listens on
-                +10+2k, its admin on +11+2k.
+                +10+2k, its admin on +11+2k. Variant X (the ext_proc path, from
+                envoy-extproc.yaml next to SHIPPED_YAML, plugin configuration in
+                OUTDIR/plugin-X.json): llm-router-extproc gRPC +3, health +4, metrics +5.
 Also writes OUTDIR/snapshot.json (a load snapshot naming the upstream's servers, as the sidecar
 would push it, with some load on them so the scoring has something to compare) and prints the
 push path of the shipped config on stdout.
@@ -45,7 +47,7 @@ import yaml
 
 WASM_FILTER = "envoy.filters.http.wasm"
 RAISED_LIMIT = 1_000_000_000
-VARIANTS = ["A", "F", "L", "B", "C"]
+VARIANTS = ["A", "F", "L", "B", "C", "X"]
 ANCHOR_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "anchor.lua")
 
 
@@ -214,6 +216,32 @@ def gateway_config(shipped, variant, base, wasm, pools, outdir):
     return cfg
 
 
+def extproc_gateway_config(shipped, extproc_shipped, base, wasm, pools, outdir):
+    """Variant X: C's plugin configuration run by llm-router-extproc (gRPC on PORT_BASE+3, health
+    +4, metrics +5), called by envoy-extproc.yaml's ext_proc filter. Returns (gateway config,
+    plugin configuration)."""
+    c = gateway_config(shipped, "C", base, wasm, pools, outdir)
+    _, chcm = hcm_of(c)
+    wf = [f for f in chcm["http_filters"] if f["name"] == WASM_FILTER][0]
+    plugin = json.loads(wf["typed_config"]["config"]["configuration"]["value"])
+    cfg = copy.deepcopy(extproc_shipped)
+    listen, admin = ports(base, "X")
+    cfg["admin"]["address"] = sock(admin)
+    listener, hcm = hcm_of(cfg)
+    listener["address"] = sock(listen)
+    hcm.pop("access_log", None)
+    for cluster in cfg["static_resources"]["clusters"]:
+        if cluster["name"] in pools:
+            cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": [
+                {"endpoint": {"address": sock(int(a.rsplit(":", 1)[1]))}} for a in pools[cluster["name"]]
+            ]}]
+        if cluster["name"] == "llm_router_extproc":
+            (ep,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            ep["endpoint"]["address"] = sock(base + 3)
+            ep["endpoint"]["health_check_config"]["port_value"] = base + 4
+    return cfg, plugin
+
+
 def _str(dumper, s):
     # Multi-line strings (the plugin JSON) as literal blocks, readable like the shipped file.
     return dumper.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
@@ -232,7 +260,15 @@ def main():
     up, pools = upstream_config(base)
     with open(os.path.join(outdir, "upstream.yaml"), "w") as f:
         yaml.safe_dump(up, f, sort_keys=False)
-    for v in VARIANTS:
+    extproc_path = os.path.join(os.path.dirname(shipped_path), "envoy-extproc.yaml")
+    with open(extproc_path) as f:
+        x, plugin = extproc_gateway_config(shipped, yaml.safe_load(f), base,
+                                           os.path.abspath(wasm), pools, outdir)
+    with open(os.path.join(outdir, "gateway-X.yaml"), "w") as f:
+        yaml.safe_dump(x, f, sort_keys=False)
+    with open(os.path.join(outdir, "plugin-X.json"), "w") as f:
+        json.dump(plugin, f, indent=2)
+    for v in VARIANTS[:-1]:
         with open(os.path.join(outdir, f"gateway-{v}.yaml"), "w") as f:
             yaml.safe_dump(gateway_config(shipped, v, base, os.path.abspath(wasm), pools, outdir),
                            f, sort_keys=False)
