@@ -12,6 +12,8 @@ pub mod hostmap;
 pub mod metrics;
 pub mod path;
 pub mod plan;
+// Property checks and generators of the property tests: not part of the shipped module.
+#[cfg(test)]
 pub mod props;
 pub mod ratelimit;
 pub mod reply;

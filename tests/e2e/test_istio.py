@@ -160,7 +160,7 @@ def host_sim():
         r = subprocess.run(["cargo", "build", "-q", "--release", "-p", "host-sim"], cwd=REPO,
                            capture_output=True, text=True, timeout=900)
         if r.returncode != 0 or not HOST_SIM.exists():
-            pytest.skip(f"host-sim could not be built: {r.stderr[-500:]}")
+            pytest.fail(f"host-sim could not be built: {r.stderr[-500:]}")
     return HOST_SIM
 
 
