@@ -8,6 +8,8 @@ Fixtures
     mocks_factory     (function) start mock servers; stopped after the test
     process_factory   (function) start another helper process (e.g. the sidecar); stopped after
     extproc_factory   (function) start llm-router-extproc (harness.start_extproc); stopped after
+    redis_factory     (function) start redis-server (harness.start_redis); stopped after
+    quota_factory     (function) start `llm-router-extproc quota` (harness.start_quota); stopped after
 
 When a test fails, the part of every Envoy log written while the test ran (and the mock servers'
 log) is attached to the failure report. Set E2E_KEEP_LOGS=1 to keep all logs after the session.
@@ -86,6 +88,32 @@ def extproc_factory():
         def start(plugin_config, **kw):
             try:
                 return stack.enter_context(harness.start_extproc(plugin_config, **kw))
+            except FileNotFoundError as e:
+                pytest.fail(str(e), pytrace=False)
+        yield start
+
+
+@pytest.fixture
+def redis_factory():
+    """redis = redis_factory(); redis.kill(); redis.restart(); redis.hgetall(key)
+    Debian's redis-server on a free port, no persistence. A missing binary fails the test."""
+    with contextlib.ExitStack() as stack:
+        def start(**kw):
+            try:
+                return stack.enter_context(harness.start_redis(**kw))
+            except FileNotFoundError as e:
+                pytest.fail(str(e), pytrace=False)
+        yield start
+
+
+@pytest.fixture
+def quota_factory():
+    """q = quota_factory(redis, plugin_config=None); q.grpc_port, q.url
+    A missing binary fails the test (never skips)."""
+    with contextlib.ExitStack() as stack:
+        def start(redis, plugin_config=None, **kw):
+            try:
+                return stack.enter_context(harness.start_quota(redis, plugin_config, **kw))
             except FileNotFoundError as e:
                 pytest.fail(str(e), pytrace=False)
         yield start

@@ -8,6 +8,10 @@ Processes
     start_mocks(instances, ...)          context manager -> MockServers (tests/mock_server.py)
     start_process(cmd, name, ...)        context manager -> ManagedProcess (e.g. the sidecar)
     start_extproc(plugin_config, ...)    context manager -> ExtProcServer (llm-router-extproc)
+    start_envoys(configs, ...)           context manager -> [EnvoyProcess] (N gateway replicas)
+    redis_bin(), start_redis(...)        context manager -> RedisServer (Debian's redis-server,
+                                         no persistence; kill() / restart() on the same port)
+    start_quota(redis, ...)              context manager -> QuotaServer (llm-router-extproc quota)
     check_ports_free(ports, what)        raise PortInUse with who holds them
 
 HTTP (each call opens its own connection; default target is the Envoy listener 127.0.0.1:10000)
@@ -1148,3 +1152,224 @@ def config_variant(config_path: str | os.PathLike, replace: Mapping[str, str], n
             raise ValueError(f"{old!r} not found in {src}")
         text = text.replace(old, new)
     return write_config(text, name or src.name)
+
+
+@contextlib.contextmanager
+def start_envoys(configs: Sequence[str | os.PathLike], concurrency: int = 1,
+                 **kw) -> Iterator[list[EnvoyProcess]]:
+    """N Envoys (gateway replicas), one per config (each with its own listener/admin ports);
+    every one gets its own --base-id and `concurrency` workers (default 1: one worker per replica,
+    so a replica is one set of buckets). Stopped in reverse order on exit."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(start_envoy(c, concurrency=concurrency, **kw)) for c in configs]
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis (global limits) and the quota service
+
+
+_redis_bin_cache: str | None = None
+
+
+def redis_bin() -> str:
+    """Path of redis-server, from scripts/redis-bin.sh (installs Debian's package if needed).
+    Raises FileNotFoundError when there is none: a test that needs Redis then fails."""
+    global _redis_bin_cache
+    if _redis_bin_cache is None:
+        r = subprocess.run([str(REPO_ROOT / "scripts" / "redis-bin.sh")], cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=900)
+        path = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+        if r.returncode != 0 or not path or not os.access(path, os.X_OK):
+            raise FileNotFoundError(f"no redis-server: scripts/redis-bin.sh failed "
+                                    f"(rc={r.returncode}): {r.stderr.strip()[-2000:]}")
+        _redis_bin_cache = path
+    return _redis_bin_cache
+
+
+class RedisError(RuntimeError):
+    pass
+
+
+def resp_command(port: int, *args: str | int | bytes, host: str = HOST,
+                 timeout: float = 2.0) -> Any:
+    """One Redis command over RESP on a fresh connection (standard library only).
+    Returns str / int / None / list; an error reply raises RedisError."""
+    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+    msg = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in parts)
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(msg)
+        f = s.makefile("rb")
+        return _resp_read(f)
+
+
+def _resp_read(f) -> Any:
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise RedisError(f"connection closed mid-reply ({line!r})")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RedisError(rest.decode(errors="replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        return data[:-2].decode(errors="replace")
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp_read(f) for _ in range(n)]
+    raise RedisError(f"unexpected reply {line!r}")
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of our own (no RDB, no AOF), on a fixed port for its whole life: kill()
+    and restart() keep the port, so the quota service reconnects to the same address."""
+    port: int
+    log_path: Path
+    process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process else -1
+
+    def command(self, *args: str | int | bytes) -> Any:
+        return resp_command(self.port, *args)
+
+    def hgetall(self, key: str) -> dict[str, str]:
+        flat = self.command("HGETALL", key) or []
+        return dict(zip(flat[0::2], flat[1::2]))
+
+    def keys(self, pattern: str = "*") -> list[str]:
+        return sorted(self.command("KEYS", pattern) or [])
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.running()
+
+    def kill(self) -> None:
+        """SIGKILL: Redis is gone at once (an outage); what it held is lost (no persistence)."""
+        if self.process is not None and self.process.proc.poll() is None:
+            self.process.proc.kill()
+            self.process.proc.wait(5)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Start a fresh (empty) redis-server on the same port."""
+        self.kill()
+        _stack = self._stack
+        self.process = _stack.enter_context(_redis_process(self.port, timeout))
+
+    _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
+
+
+@contextlib.contextmanager
+def _redis_process(port: int, timeout: float) -> Iterator[ManagedProcess]:
+    binary = redis_bin()
+    wd = workdir() / f"redis-{port}"
+    wd.mkdir(exist_ok=True)
+    # No persistence: a restart starts empty, like a failover to a replica that lost the data.
+    cmd = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+           "--dir", str(wd), "--protected-mode", "no", "--loglevel", "notice"]
+    # Binding the port right after a kill can fail for a moment (TIME_WAIT is not the issue for
+    # a listener, but the old socket may still be closing): retry for a few seconds.
+    deadline = time.monotonic() + timeout
+    while True:
+        with start_process(cmd, "redis-server", timeout=timeout) as mp:
+            started = False
+            while time.monotonic() < deadline and mp.running():
+                try:
+                    if resp_command(port, "PING", timeout=0.5) == "PONG":
+                        started = True
+                        break
+                except (OSError, RedisError):
+                    pass
+                time.sleep(0.05)
+            if started:
+                yield mp
+                return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"redis-server did not start on {HOST}:{port}:\n{mp.log_text()}")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def start_redis(port: int | None = None, timeout: float = 10.0) -> Iterator[RedisServer]:
+    """Debian's redis-server (scripts/redis-bin.sh) on `port` (default: a free one), without
+    persistence. A missing binary raises FileNotFoundError (the test fails, never skips).
+
+        with start_redis() as redis:
+            redis.hgetall("llm_router:q:{acme}:requests")
+            redis.kill(); ...; redis.restart()
+    """
+    port = port or free_port()
+    check_ports_free([port], "redis-server")
+    srv = RedisServer(port=port, log_path=workdir() / f"redis-{port}")
+    with srv._stack:
+        srv.process = srv._stack.enter_context(_redis_process(port, timeout))
+        yield srv
+
+
+QUOTA_BIN = EXTPROC_BIN  # `llm-router-extproc quota`
+
+
+@dataclass
+class QuotaServer:
+    """A running `llm-router-extproc quota` (gRPC Quota + Envoy's RLS on one port)."""
+    process: ManagedProcess
+    grpc_port: int
+    health_port: int
+    metrics_port: int
+    redis: RedisServer
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.grpc_port}"
+
+    def running(self) -> bool:
+        return self.process.running()
+
+    def log_text(self, since: int = 0) -> str:
+        return self.process.log_text(since)
+
+    def metrics(self) -> str:
+        r = get("/metrics", port=self.metrics_port)
+        if r.status != 200:
+            raise AssertionError(f"quota /metrics: {r.status} {r.text[:300]}")
+        return r.text
+
+
+@contextlib.contextmanager
+def start_quota(redis: RedisServer, plugin_config: Mapping[str, Any] | str | os.PathLike | None = None,
+                extra_args: Sequence[str] = (), timeout: float = 30.0) -> Iterator[QuotaServer]:
+    """`target/release/llm-router-extproc quota --redis URL --plaintext` on free ports for gRPC
+    (Quota and envoy.service.ratelimit.v3 on one port), health and metrics. `plugin_config` (the
+    filter's JSON, a dict or a path) gives the RLS endpoint the tenants' limits. Returns once
+    the gRPC port accepts; SIGTERM on exit. A missing binary raises FileNotFoundError."""
+    if not QUOTA_BIN.exists():
+        raise FileNotFoundError(f"{QUOTA_BIN} (llm-router-extproc) is missing: run "
+                                "`cargo build --release -p llm-router-extproc`")
+    grpc, health, metrics = free_port(), free_port(), free_port()
+    cmd = [str(QUOTA_BIN), "quota", "--redis", redis.url, "--grpc-addr", f"{HOST}:{grpc}",
+           "--health-addr", f"{HOST}:{health}", "--metrics-addr", f"{HOST}:{metrics}",
+           "--plaintext"]
+    if plugin_config is not None:
+        path = (write_config(json.dumps(plugin_config, indent=2), "quota-plugin.json")
+                if isinstance(plugin_config, Mapping) else Path(plugin_config))
+        cmd += ["--plugin-config", str(path)]
+    cmd += list(extra_args)
+    with start_process(cmd, "llm-router-quota", wait_ports=(grpc,), timeout=timeout) as mp:
+        if not mp.running():
+            raise RuntimeError(f"llm-router-extproc quota exited with {mp.proc.returncode}:\n"
+                               f"{mp.log_text()}")
+        yield QuotaServer(mp, grpc, health, metrics, redis)
