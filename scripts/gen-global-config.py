@@ -52,6 +52,10 @@ GLOBAL_HEADER = """\
 #   llm-router-extproc quota --redis redis://127.0.0.1:6379 --grpc-addr 127.0.0.1:9004 --plaintext
 #   envoy -c envoy-config/envoy-global.yaml          # one per replica (`replicas` below)
 #
+# `replicas` is how many replicas share the limits: the outage fallback (`on_outage:
+# static_share`) gives each capacity / replicas, and the lease sizes default to a tenant's burst /
+# (2 x replicas), so that all replicas together never hold more than the burst
+# (`lease_requests` / `lease_tokens` set them; docs/configuration.md).
 # `make run` starts Redis, the quota service and this config (README "Global limits").
 #
 """
@@ -60,8 +64,6 @@ GLOBAL_BLOCK = """\
 "max_tokens_cap": 4096,
                         "global": {
                           "cluster": "llm_router_quota",
-                          "lease_requests": 10,
-                          "lease_tokens": 20000,
                           "replicas": 3,
                           "on_outage": "static_share"
                         }
