@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Local playground (what `make run` starts after building the wasm and the sidecar):
 #   mock model servers  small-1..3 on 127.0.0.1:8101-8103, large-1..2 on 8201-8202 (tests/mock_server.py)
-#   Envoy               envoy-config/envoy.yaml with dist/llm_router.wasm, listener :10000, admin :9901
+#   Redis               Debian's redis-server (scripts/redis-bin.sh) on :6399, no persistence
+#   quota service       target/release/llm-router-extproc quota, gRPC :9004 (health :9005,
+#                       metrics :9091), keeps the tenants' buckets in that Redis
+#   Envoy x 2           envoy-config/envoy-global.yaml (envoy.yaml + `tenants.global`) with
+#                       dist/llm_router.wasm: gateway 1 on :10000 (admin :9901), gateway 2 on
+#                       :10001 (admin :9902), two replicas sharing one global limit per tenant
 #   sidecar             target/release/llm-router-sidecar --config sidecar/examples/sidecar.json
 # Logs go to run/ in the repository (gitignored). Ctrl-C or SIGTERM stops everything.
 # LLM_ROUTER_PUSH_TOKEN (the sidecar's push token) is generated unless already set.
@@ -11,6 +16,12 @@ ROOT=$PWD
 RUN_DIR=$ROOT/run
 LISTENER=10000
 ADMIN=9901
+LISTENER2=10001
+ADMIN2=9902
+REDIS_PORT=6399
+QUOTA_PORTS=(9004 9005 9091)
+EXTPROC_BIN=target/release/llm-router-extproc
+ENVOY_CONFIG=envoy-config/envoy-global.yaml
 MOCK_PORTS=(8101 8102 8103 8201 8202)
 SIDECAR_BIN=target/release/llm-router-sidecar
 SIDECAR_CONFIG=sidecar/examples/sidecar.json
@@ -37,7 +48,8 @@ $(tail -20 "$RUN_DIR/$4.log" 2>/dev/null)"
 # --- preconditions --------------------------------------------------------------------------
 [ -f dist/llm_router.wasm ] || die "dist/llm_router.wasm is missing: run \`make build\` (or \`make run\`)"
 busy=()
-for p in "$LISTENER" "$ADMIN" "${MOCK_PORTS[@]}"; do
+for p in "$LISTENER" "$ADMIN" "$LISTENER2" "$ADMIN2" "$REDIS_PORT" "${QUOTA_PORTS[@]}" \
+         "${MOCK_PORTS[@]}"; do
   if port_busy "$p"; then
     h=$(holder "$p")
     busy+=("127.0.0.1:$p${h:+ (held by $h)}")
@@ -49,6 +61,8 @@ if [ ${#busy[@]} -gt 0 ]; then
   die "is another \`make run\`, an e2e test run or a bench still running? Stop it and retry."
 fi
 ENVOY=$(scripts/envoy-bin.sh) || die "no Envoy binary (scripts/envoy-bin.sh failed)"
+REDIS=$(scripts/redis-bin.sh) || die "no redis-server (scripts/redis-bin.sh failed)"
+[ -x "$EXTPROC_BIN" ] || die "$EXTPROC_BIN is missing: cargo build --release -p llm-router-extproc (or \`make run\`)"
 PY=python3
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 command -v "$PY" >/dev/null 2>&1 || die "python3 is needed for the mock servers"
@@ -62,6 +76,14 @@ fi
 export LLM_ROUTER_PUSH_TOKEN
 
 mkdir -p "$RUN_DIR"
+# The quota service reads the tenants' limits (for its rate-limit service endpoint) from the
+# filter's own configuration, taken out of the Envoy config.
+"$PY" - "$ENVOY_CONFIG" >"$RUN_DIR/plugin.json" <<'PYEOF' || die "cannot read the plugin configuration of $ENVOY_CONFIG"
+import re, sys
+text = open(sys.argv[1]).read()
+m = re.search(r"value: \|\n((?: {20}.*\n|\n)+)", text)
+print("\n".join(line[20:] for line in m.group(1).splitlines()))
+PYEOF
 
 # --- process management ---------------------------------------------------------------------
 PIDS=()
@@ -108,20 +130,41 @@ start mocks "$PY" tests/mock_server.py --token-delay-ms 20 \
   --load large-1=1,2,0.30 --load large-2=2,2,0.40
 for p in "${MOCK_PORTS[@]}"; do wait_port "$p" 10 "${PIDS[0]}" mocks; done
 
-# --- Envoy ----------------------------------------------------------------------------------
-# --disable-hot-restart: no shared-memory base id, so it does not clash with other Envoys here.
-start envoy "$ENVOY" -c envoy-config/envoy.yaml --concurrency 2 --disable-hot-restart \
-  --log-level info
-envoy_pid=${PIDS[1]}
-wait_port "$ADMIN" 30 "$envoy_pid" envoy
-deadline=$((SECONDS + 30))
-until [ "$(curl -s --max-time 1 "http://127.0.0.1:$ADMIN/ready" 2>/dev/null)" = "LIVE" ]; do
-  kill -0 "$envoy_pid" 2>/dev/null || die "envoy exited during startup; see run/envoy.log:
-$(grep -E '\]\[(error|critical)\]' "$RUN_DIR/envoy.log" | tail -10)"
-  [ $SECONDS -lt $deadline ] || die "envoy not LIVE within 30 s; see run/envoy.log"
-  sleep 0.1
-done
-wait_port "$LISTENER" 10 "$envoy_pid" envoy
+# --- Redis and the quota service (global limits) --------------------------------------------
+# No persistence (--save '' --appendonly no): a restart starts with full buckets.
+mkdir -p "$RUN_DIR/redis"
+start redis "$REDIS" --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+  --dir "$RUN_DIR/redis"
+wait_port "$REDIS_PORT" 10 "${PIDS[-1]}" redis
+start quota "$EXTPROC_BIN" quota --redis "redis://127.0.0.1:$REDIS_PORT" \
+  --grpc-addr "127.0.0.1:${QUOTA_PORTS[0]}" --health-addr "127.0.0.1:${QUOTA_PORTS[1]}" \
+  --metrics-addr "127.0.0.1:${QUOTA_PORTS[2]}" --plaintext \
+  --plugin-config "$RUN_DIR/plugin.json"
+quota_pid=${PIDS[-1]}
+wait_port "${QUOTA_PORTS[0]}" 15 "$quota_pid" quota
+
+# --- Envoy x 2 ------------------------------------------------------------------------------
+# Two replicas of the same gateway; the second is the same file on other ports.
+sed -e "s/port_value: $LISTENER }/port_value: $LISTENER2 }/" \
+    -e "s/port_value: $ADMIN }/port_value: $ADMIN2 }/" "$ENVOY_CONFIG" >"$RUN_DIR/envoy-2.yaml"
+start_envoy() {  # name config admin listener
+  # --disable-hot-restart: no shared-memory base id, so it does not clash with other Envoys.
+  start "$1" "$ENVOY" -c "$2" --concurrency 2 --disable-hot-restart --log-level info
+  local pid=${PIDS[-1]}
+  wait_port "$3" 30 "$pid" "$1"
+  local deadline=$((SECONDS + 30))
+  until [ "$(curl -s --max-time 1 "http://127.0.0.1:$3/ready" 2>/dev/null)" = "LIVE" ]; do
+    kill -0 "$pid" 2>/dev/null || die "$1 exited during startup; see run/$1.log:
+$(grep -E '\]\[(error|critical)\]' "$RUN_DIR/$1.log" | tail -10)"
+    [ $SECONDS -lt $deadline ] || die "$1 not LIVE within 30 s; see run/$1.log"
+    sleep 0.1
+  done
+  wait_port "$4" 10 "$pid" "$1"
+}
+start_envoy envoy "$ENVOY_CONFIG" "$ADMIN" "$LISTENER"
+envoy_pid=${PIDS[-1]}
+start_envoy envoy-2 "$RUN_DIR/envoy-2.yaml" "$ADMIN2" "$LISTENER2"
+envoy2_pid=${PIDS[-1]}
 
 # --- sidecar --------------------------------------------------------------------------------
 sidecar_note=""
@@ -147,13 +190,17 @@ URL=http://127.0.0.1:$LISTENER
 cat <<EOF
 
 llm-router is running
-  gateway   $URL   (Envoy pid $envoy_pid, config envoy-config/envoy.yaml, concurrency 2)
+  gateway   $URL   (Envoy pid $envoy_pid, config $ENVOY_CONFIG, concurrency 2)
   admin     http://127.0.0.1:$ADMIN   (/stats/prometheus, /stats?filter=wasmcustom, /ready)
+  gateway 2 http://127.0.0.1:$LISTENER2   (Envoy pid $envoy2_pid, the same config, admin :$ADMIN2):
+            a second replica; the tenants' limits are global, shared by both through Redis
+  quota     127.0.0.1:${QUOTA_PORTS[0]} (pid $quota_pid, llm-router-extproc quota; metrics :${QUOTA_PORTS[2]})
+  redis     127.0.0.1:$REDIS_PORT (no persistence; redis-cli -p $REDIS_PORT)
   mocks     small-1..3 http://127.0.0.1:8101-8103, large-1..2 http://127.0.0.1:8201-8202
             (GET /metrics, GET /admin/stats, POST /admin/load)
   sidecar   $sidecar_note
   token     LLM_ROUTER_PUSH_TOKEN $token_note (in Envoy's and the sidecar's environment)
-  logs      run/envoy.log  run/mocks.log  run/sidecar.log
+  logs      run/envoy.log  run/envoy-2.log  run/quota.log  run/redis.log  run/mocks.log  run/sidecar.log
 
 Try (the mock echoes what it received in "mock"; its answer header x-mock-instance names the server):
 
@@ -168,6 +215,16 @@ Try (the mock echoes what it received in "mock"; its answer header x-mock-instan
   # spoofed tier header -> removed by the filter, still the small tier
   curl -si $URL/v1/chat/completions -H 'content-type: application/json' -H 'x-llm-model-type: large' \\
     -d '{"model":"anything","messages":[{"role":"user","content":"Say hi"}]}'
+
+  # global limit: tenant acme has 60 requests a minute across BOTH gateways; 90 requests
+  # alternating between them -> about 60 (+ what refills meanwhile) get 200, the rest 429
+  for i in \$(seq 90); do curl -s -o /dev/null -w '%{http_code}\\n' \\
+    http://127.0.0.1:\$((10000 + i % 2))/v1/chat/completions -H 'x-tenant-id: acme' \\
+    -H 'content-type: application/json' -d '{"model":"m","messages":[{"role":"user","content":"hi"}]}'; \\
+  done | sort | uniq -c
+
+  # the tenant's bucket in Redis (lvl in 1/60000 of a request; ts = Redis TIME in ms)
+  redis-cli -p $REDIS_PORT HGETALL 'llm_router:q:{acme}:requests'
 
 Ctrl-C stops everything.
 EOF
