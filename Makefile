@@ -13,8 +13,9 @@ ENVOY_VERSIONS ?= 1.36 1.40
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
 
-setup: ## Install what builds and tests need (wasm toolchain, Envoy, Python test tools); idempotent
+setup: ## Install what builds and tests need (wasm toolchain, Envoy, Redis, Python test tools); idempotent
 	@scripts/envoy-bin.sh >/dev/null
+	@scripts/redis-bin.sh >/dev/null
 	@scripts/setup-python.sh
 	@scripts/setup-k8s-schemas.sh
 	@for v in $(ENVOY_VERSIONS); do ENVOY_VERSION=$$v scripts/envoy-bin.sh >/dev/null || exit 1; done
