@@ -206,3 +206,33 @@ def test_failure_dumps_envoy_log(tmp_path):
     assert "starting main dispatch loop" in out, out
     assert "mock servers log" in out and "mock inner-1 GET /inner-path 200" in out, out
     assert "helper log" in out and "hello from helper" in out, out
+
+
+def test_redis_is_started_killed_and_restarted_empty_on_the_same_port(redis_factory):
+    redis = redis_factory()
+    port = redis.port
+    assert redis.command("PING") == "PONG"
+    assert redis.command("HSET", "llm_router:q:{smoke}:requests", "lvl", 42, "ts", 7) == 2
+    assert redis.hgetall("llm_router:q:{smoke}:requests") == {"lvl": "42", "ts": "7"}
+    # No persistence configured: nothing written to disk by a save or an append-only file.
+    assert redis.command("CONFIG", "GET", "save") == ["save", ""]
+    assert redis.command("CONFIG", "GET", "appendonly") == ["appendonly", "no"]
+    old_pid = redis.pid
+    redis.kill()
+    assert not redis.running()
+    with pytest.raises(OSError):
+        harness.resp_command(port, "PING", timeout=0.5)
+    redis.restart()
+    assert redis.port == port and redis.pid != old_pid
+    assert redis.command("PING") == "PONG"
+    assert redis.hgetall("llm_router:q:{smoke}:requests") == {}  # a restart starts empty
+    with pytest.raises(harness.RedisError):
+        redis.command("NOSUCHCOMMAND")
+
+
+def test_quota_service_missing_binary_fails(tmp_path, monkeypatch, redis_factory):
+    redis = redis_factory()
+    monkeypatch.setattr(harness, "QUOTA_BIN", tmp_path / "no-such-binary")
+    with pytest.raises(FileNotFoundError):
+        with harness.start_quota(redis):
+            pass
