@@ -472,6 +472,8 @@ fn limited(tenant: Tenant, bucket: Bucket, retry_after_ms: u64, status: &Status)
 }
 
 #[cfg(test)]
+mod global_tests;
+#[cfg(test)]
 mod prop_tests;
 #[cfg(test)]
 mod tests;
