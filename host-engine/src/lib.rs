@@ -25,11 +25,12 @@ pub mod vm;
 pub use crate::core::{ConfigureError, Core, Timer};
 pub use abi::{LogLevel, Status};
 pub use engine::{
-    Engine, EngineError, EngineOptions, EngineStats, HeaderPairs, Step, Stream, StreamProps,
+    Engine, EngineError, EngineOptions, EngineStats, GrpcReply, GrpcTransport, GrpcTransportRef,
+    HeaderPairs, Step, Stream, StreamProps,
 };
 pub use hostcalls::ProcExit;
 pub use metrics::{Metric, MetricKind};
 pub use types::{
-    ChunkOutcome, ForeignCall, Headers, HttpCallInfo, LocalReply, LogLine, PropValue, StreamKey,
-    TrapRecord,
+    grpc_code, grpc_limits, ChunkOutcome, ForeignCall, GrpcAnswer, GrpcCallInfo, Headers,
+    HttpCallInfo, LocalReply, LogLine, PropValue, StreamKey, TrapRecord,
 };
