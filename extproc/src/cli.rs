@@ -11,6 +11,7 @@ pub const USAGE: &str = "usage: llm-router-extproc --wasm FILE --plugin-config F
 [--grpc-addr ADDR] [--health-addr ADDR] [--metrics-addr ADDR] \
 [--plaintext | --tls-cert FILE --tls-key FILE] [--workers N] [--env NAME]... \
 [--fail-open] [--drain-seconds N] [--memory-limit-mb N] [--grpc-cluster NAME=URL]...
+       llm-router-extproc quota --redis URL [...]   (the global-limits quota service; quota --help)
 
   --grpc-cluster NAME=URL  the target of the module's gRPC calls (proxy_grpc_call) to upstream
                            NAME, as an Envoy cluster of that name would be; repeatable, one per
@@ -81,7 +82,7 @@ impl fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
-fn addr(flag: &str, value: &str) -> Result<SocketAddr, CliError> {
+pub(crate) fn addr(flag: &str, value: &str) -> Result<SocketAddr, CliError> {
     value.parse().map_err(|_| CliError::Invalid {
         flag: flag.to_string(),
         value: value.to_string(),
@@ -89,7 +90,7 @@ fn addr(flag: &str, value: &str) -> Result<SocketAddr, CliError> {
     })
 }
 
-fn number(flag: &str, value: &str, min: u64, max: u64) -> Result<u64, CliError> {
+pub(crate) fn number(flag: &str, value: &str, min: u64, max: u64) -> Result<u64, CliError> {
     match value.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(CliError::Invalid {
@@ -184,25 +185,36 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliErro
     }
     opts.wasm = wasm.ok_or(CliError::Missing("--wasm"))?;
     opts.plugin_config = config.ok_or(CliError::Missing("--plugin-config"))?;
-    opts.tls = match (plaintext, cert, key) {
-        (true, None, None) => Tls::Plaintext,
-        (true, _, _) => {
-            return Err(CliError::Conflict(
-                "--plaintext cannot be combined with --tls-cert/--tls-key".into(),
-            ))
-        }
-        (false, Some(cert), Some(key)) => Tls::Files { cert, key },
-        (false, Some(_), None) => return Err(CliError::Missing("--tls-key")),
-        (false, None, Some(_)) => return Err(CliError::Missing("--tls-cert")),
-        (false, None, None) => Tls::SelfSigned,
-    };
-    let addrs = [opts.grpc_addr, opts.health_addr, opts.metrics_addr];
+    opts.tls = tls_choice(plaintext, cert, key)?;
+    distinct_addrs([opts.grpc_addr, opts.health_addr, opts.metrics_addr])?;
+    Ok(opts)
+}
+
+/// `--plaintext` | `--tls-cert F --tls-key F` | neither (a self-signed certificate).
+pub(crate) fn tls_choice(
+    plaintext: bool,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Tls, CliError> {
+    match (plaintext, cert, key) {
+        (true, None, None) => Ok(Tls::Plaintext),
+        (true, _, _) => Err(CliError::Conflict(
+            "--plaintext cannot be combined with --tls-cert/--tls-key".into(),
+        )),
+        (false, Some(cert), Some(key)) => Ok(Tls::Files { cert, key }),
+        (false, Some(_), None) => Err(CliError::Missing("--tls-key")),
+        (false, None, Some(_)) => Err(CliError::Missing("--tls-cert")),
+        (false, None, None) => Ok(Tls::SelfSigned),
+    }
+}
+
+pub(crate) fn distinct_addrs(addrs: [SocketAddr; 3]) -> Result<(), CliError> {
     if addrs[0] == addrs[1] || addrs[0] == addrs[2] || addrs[1] == addrs[2] {
         return Err(CliError::Conflict(
             "--grpc-addr, --health-addr and --metrics-addr must differ".into(),
         ));
     }
-    Ok(opts)
+    Ok(())
 }
 
 #[cfg(test)]

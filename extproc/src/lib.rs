@@ -10,6 +10,7 @@ pub mod logger;
 pub mod messages;
 pub mod props;
 pub mod protocol;
+pub mod quota;
 pub mod reload;
 pub mod server;
 pub mod service;
