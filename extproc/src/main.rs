@@ -4,10 +4,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use llm_router_extproc::cli::{self, CliError, Options};
+use llm_router_extproc::engine::EngineSettings;
 use llm_router_extproc::quota::{
     self, cli::QuotaOptions, script::Store, server::QuotaBound, server::QuotaServe,
 };
-use llm_router_extproc::engine::EngineSettings;
 use llm_router_extproc::server::{Bound, ServeOptions};
 use llm_router_extproc::{host, logger, tls};
 

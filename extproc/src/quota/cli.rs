@@ -135,10 +135,16 @@ mod tests {
         for (args, flag) in [
             ("--plaintext", "--redis"),
             ("--redis http://x", "--redis"),
-            ("--redis redis://x --redis-timeout-ms 0", "--redis-timeout-ms"),
+            (
+                "--redis redis://x --redis-timeout-ms 0",
+                "--redis-timeout-ms",
+            ),
             ("--redis redis://x --grpc-addr 9004", "--grpc-addr"),
             ("--redis redis://x --tls-cert c", "--tls-key"),
-            ("--redis redis://x --metrics-addr 0.0.0.0:9004", "--metrics-addr"),
+            (
+                "--redis redis://x --metrics-addr 0.0.0.0:9004",
+                "--metrics-addr",
+            ),
             ("--redis redis://x --wasm m", "--wasm"),
             ("--redis", "--redis"),
         ] {

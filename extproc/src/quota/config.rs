@@ -94,7 +94,9 @@ fn tenant_limits(at: &str, v: &Value) -> Result<TenantLimits, String> {
         "burst_tokens",
     ];
     if let Some(k) = o.keys().find(|k| !KEYS.contains(&k.as_str())) {
-        return Err(format!("{at}.{k}: unknown field (expected one of {KEYS:?})"));
+        return Err(format!(
+            "{at}.{k}: unknown field (expected one of {KEYS:?})"
+        ));
     }
     Ok(TenantLimits {
         requests: rate(at, o, "requests_per_minute", "burst_requests")?,
@@ -123,7 +125,10 @@ pub fn parse(json: &[u8]) -> Result<Limits, String> {
         None => {}
         Some(Value::Object(list)) => {
             for (name, v) in list {
-                by_name.insert(name.clone(), tenant_limits(&format!("tenants.limits.{name}"), v)?);
+                by_name.insert(
+                    name.clone(),
+                    tenant_limits(&format!("tenants.limits.{name}"), v)?,
+                );
             }
         }
         Some(_) => return Err("tenants.limits: must be an object".into()),

@@ -54,9 +54,10 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    /// `llm_router:q:{<tenant>}:<limit>`. The tenant may hold any bytes, braces included: the
-    /// key still ends in `}:requests` or `}:tokens`, so two buckets never share a key, and
-    /// both keys of one tenant have the same hash tag (the text up to the first `}`).
+    /// `llm_router:q:{<tenant>}:<limit>`. The tenant may hold any bytes, braces included (but
+    /// not a leading `}`): the key still ends in `}:requests` or `}:tokens`, so two buckets
+    /// never share a key, and both keys of one tenant have the same, non-empty hash tag (the
+    /// text up to the first `}`).
     pub fn key(&self) -> Vec<u8> {
         let mut k = Vec::with_capacity(KEY_PREFIX.len() + self.tenant.len() + 12);
         k.extend_from_slice(KEY_PREFIX.as_bytes());
@@ -97,10 +98,15 @@ pub fn bucket(
             "{at}.bucket.tenant: must be 1 to {MAX_TENANT_BYTES} bytes"
         ));
     }
-    let Some(limit) = Limit::parse(limit) else {
+    if tenant.starts_with('}') {
+        // `{}` is an empty hash tag: Redis Cluster would hash the whole key, and a tenant's
+        // two buckets could land in different slots.
         return invalid(format!(
-            "{at}.bucket.limit: must be `requests` or `tokens`"
+            "{at}.bucket.tenant: must not start with `}}` (Redis Cluster hash tag)"
         ));
+    }
+    let Some(limit) = Limit::parse(limit) else {
+        return invalid(format!("{at}.bucket.limit: must be `requests` or `tokens`"));
     };
     for (name, v) in [("per_minute", per_minute), ("capacity", capacity)] {
         if v == 0 || v > MAX_RATE {

@@ -52,9 +52,7 @@ fn ours(d: &RateLimitDescriptor) -> Option<(&str, &str)> {
 /// Decides what each descriptor of a request means (pure).
 pub fn plan(request: &RateLimitRequest, limits: &Limits) -> Result<Vec<Plan>, Invalid> {
     if request.descriptors.len() > MAX_DESCRIPTORS {
-        return Err(Invalid(format!(
-            "descriptors: at most {MAX_DESCRIPTORS}"
-        )));
+        return Err(Invalid(format!("descriptors: at most {MAX_DESCRIPTORS}")));
     }
     let request_hits = if request.hits_addend == 0 {
         1
@@ -161,7 +159,8 @@ impl Rls {
                         .await
                         .map_err(|e| b.store_failed(Method::ShouldRateLimit, e))?;
                 }
-                Plan::Take(t) => match groups.iter_mut().find(|(name, _)| *name == t.bucket.tenant) {
+                Plan::Take(t) => match groups.iter_mut().find(|(name, _)| *name == t.bucket.tenant)
+                {
                     Some((_, idx)) if !idx.iter().any(|&j| same_limit(&plans[j], t)) => idx.push(i),
                     _ => groups.push((t.bucket.tenant.clone(), vec![i])),
                 },

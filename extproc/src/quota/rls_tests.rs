@@ -60,7 +60,13 @@ fn hits_come_from_the_descriptor_then_the_request_then_one() {
     };
     assert_eq!(take_of(&p[0]), Some(("acme", Limit::Tokens, 50, 40, 40)));
     assert_eq!(take_of(&p[1]), Some(("acme", Limit::Requests, 60, 3, 3)));
-    let r = request(vec![descriptor(&[(TENANT_KEY, "u/x"), (LIMIT_KEY, "requests")], None)], 0);
+    let r = request(
+        vec![descriptor(
+            &[(TENANT_KEY, "u/x"), (LIMIT_KEY, "requests")],
+            None,
+        )],
+        0,
+    );
     let Ok(p) = plan(&r, &l) else {
         unreachable!("refused")
     };
@@ -74,7 +80,10 @@ fn foreign_descriptors_and_unlimited_buckets_pass() {
         vec![
             descriptor(&[("remote_address", "10.0.0.1")], None),
             descriptor(&[(TENANT_KEY, "acme")], None),
-            descriptor(&[(TENANT_KEY, "acme"), (LIMIT_KEY, "tokens"), ("x", "y")], None),
+            descriptor(
+                &[(TENANT_KEY, "acme"), (LIMIT_KEY, "tokens"), ("x", "y")],
+                None,
+            ),
             // The default has no token limit.
             descriptor(&[(TENANT_KEY, "other"), (LIMIT_KEY, "tokens")], Some(5)),
         ],
@@ -86,7 +95,13 @@ fn foreign_descriptors_and_unlimited_buckets_pass() {
 #[test]
 fn bad_limit_names_and_negative_hits() {
     let l = limits();
-    let r = request(vec![descriptor(&[(TENANT_KEY, "acme"), (LIMIT_KEY, "cost")], None)], 0);
+    let r = request(
+        vec![descriptor(
+            &[(TENANT_KEY, "acme"), (LIMIT_KEY, "cost")],
+            None,
+        )],
+        0,
+    );
     assert!(plan(&r, &l).is_err());
     let mut d = descriptor(&[(TENANT_KEY, "acme"), (LIMIT_KEY, "tokens")], Some(7));
     d.is_negative_hits = true;
@@ -99,7 +114,13 @@ fn bad_limit_names_and_negative_hits() {
 #[test]
 fn reset_is_when_the_bucket_is_full() {
     let l = limits();
-    let r = request(vec![descriptor(&[(TENANT_KEY, "acme"), (LIMIT_KEY, "requests")], None)], 0);
+    let r = request(
+        vec![descriptor(
+            &[(TENANT_KEY, "acme"), (LIMIT_KEY, "requests")],
+            None,
+        )],
+        0,
+    );
     let Ok(p) = plan(&r, &l) else {
         unreachable!("refused")
     };

@@ -129,7 +129,12 @@ impl Store {
         result
     }
 
-    async fn run(&self, op: &str, keys: &[&Bucket], args: Vec<u64>) -> Result<Vec<i64>, StoreError> {
+    async fn run(
+        &self,
+        op: &str,
+        keys: &[&Bucket],
+        args: Vec<u64>,
+    ) -> Result<Vec<i64>, StoreError> {
         let mut invocation = self.script.prepare_invoke();
         for b in keys {
             invocation.key(b.key());
@@ -162,7 +167,11 @@ impl Store {
             })
             .collect();
         Ok(TakeOutcome {
-            retry_after_ms: if out[0] == 1 { 0 } else { out[1].max(1).unsigned_abs() },
+            retry_after_ms: if out[0] == 1 {
+                0
+            } else {
+                out[1].max(1).unsigned_abs()
+            },
             grants,
         })
     }

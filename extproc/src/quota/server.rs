@@ -54,7 +54,11 @@ async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 }
 
 impl QuotaBound {
-    pub async fn bind(grpc: SocketAddr, health: SocketAddr, metrics: SocketAddr) -> Result<Self, ServeError> {
+    pub async fn bind(
+        grpc: SocketAddr,
+        health: SocketAddr,
+        metrics: SocketAddr,
+    ) -> Result<Self, ServeError> {
         Ok(QuotaBound {
             grpc: bind("--grpc-addr", grpc).await?,
             health: bind("--health-addr", health).await?,
@@ -69,7 +73,11 @@ impl QuotaBound {
     }
 
     /// Serves until `shutdown`, then stops accepting and lets calls in flight finish.
-    pub async fn run(self, serve: QuotaServe, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    pub async fn run(
+        self,
+        serve: QuotaServe,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = move || {
             let mut rx = stop_rx.clone();
@@ -84,9 +92,13 @@ impl QuotaBound {
         };
         let (reporter, health_service) = tonic_health::server::health_reporter();
         for name in ["liveness", "readiness", RLS_SERVICE] {
-            reporter.set_service_status(name, ServingStatus::Serving).await;
+            reporter
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
         }
-        reporter.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+        reporter
+            .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+            .await;
         let health = tokio::spawn(
             Server::builder()
                 .add_service(health_service)
@@ -119,7 +131,9 @@ impl QuotaBound {
             _ = shutdown => None,
             result = &mut grpc => Some(result),
         };
-        reporter.set_service_status("readiness", ServingStatus::NotServing).await;
+        reporter
+            .set_service_status("readiness", ServingStatus::NotServing)
+            .await;
         let _ = stop_tx.send(true);
         let _ = tokio::join!(metrics, ping);
         let result = match failed {

@@ -8,7 +8,8 @@ use tonic::{Request, Response, Status};
 
 use super::limits::{self, Invalid, Move, Take};
 use super::proto::{
-    AmountItem, AmountRequest, AnswerFuture, Grant, LevelsResponse, Quota, TakeItem, TakeRequest, TakeResponse,
+    AmountItem, AmountRequest, AnswerFuture, Grant, LevelsResponse, Quota, TakeItem, TakeRequest,
+    TakeResponse,
 };
 use super::script::{Store, StoreError};
 use super::stats::{Method, Outcome, QuotaStats, RedisError};
@@ -65,7 +66,12 @@ pub fn take_items(items: &[TakeItem]) -> Result<Vec<Take>, Invalid> {
         .enumerate()
         .map(|(i, item)| {
             let at = format!("items[{i}]");
-            limits::take(&at, bucket_of(&at, item.bucket.as_ref())?, item.want, item.min)
+            limits::take(
+                &at,
+                bucket_of(&at, item.bucket.as_ref())?,
+                item.want,
+                item.min,
+            )
         })
         .collect::<Result<Vec<_>, _>>()?;
     limits::same_tenant(takes.iter().map(|t| &t.bucket))?;
@@ -142,24 +148,15 @@ impl QuotaService {
 }
 
 impl Quota for QuotaService {
-    fn take(
-        &self,
-        request: Request<TakeRequest>,
-    ) -> AnswerFuture<TakeResponse> {
+    fn take(&self, request: Request<TakeRequest>) -> AnswerFuture<TakeResponse> {
         Box::pin(self.clone().take_call(request.into_inner()))
     }
 
-    fn give(
-        &self,
-        request: Request<AmountRequest>,
-    ) -> AnswerFuture<LevelsResponse> {
+    fn give(&self, request: Request<AmountRequest>) -> AnswerFuture<LevelsResponse> {
         Box::pin(self.clone().move_call(Method::Give, request.into_inner()))
     }
 
-    fn charge(
-        &self,
-        request: Request<AmountRequest>,
-    ) -> AnswerFuture<LevelsResponse> {
+    fn charge(&self, request: Request<AmountRequest>) -> AnswerFuture<LevelsResponse> {
         Box::pin(self.clone().move_call(Method::Charge, request.into_inner()))
     }
 }
