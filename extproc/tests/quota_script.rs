@@ -257,9 +257,20 @@ async fn figures_at_the_bounds_stay_exact() {
     );
     let o = s.take(&[take(&small, 1, 1)]).await.unwrap();
     assert!((59_000..=60_000).contains(&o.retry_after_ms), "{o:?}");
-    // A min above the capacity never fits; the answer says when the bucket is full.
+    // A min above the capacity never fits: the answer is when the bucket is full plus a whole
+    // refill (a minute each here), even when it is full now.
     let o = s.take(&[take(&small, 5, 5)]).await.unwrap();
-    assert!((59_000..=60_000).contains(&o.retry_after_ms), "{o:?}");
+    assert!((119_000..=120_000).contains(&o.retry_after_ms), "{o:?}");
+    let full = bucket("full", "requests", 1, 1);
+    let o = s.take(&[take(&full, 2, 2)]).await.unwrap();
+    assert_eq!(o.retry_after_ms, 60_000, "{o:?}");
+    assert_eq!(
+        o.grants,
+        vec![Granted {
+            granted: 0,
+            level: 1
+        }]
+    );
 }
 
 #[tokio::test]

@@ -97,14 +97,13 @@ if op == 'take' then
     local lvl = refilled(key, rate, cap_u)
     levels[i] = lvl
     if lvl < min * U then
-      -- A `min` above capacity never fits; the answer then says when the bucket is full.
-      local target = min * U
-      if target > cap_u then
-        target = cap_u
-      end
-      local wait = 0
-      if target > lvl then
-        wait = ceil_div(target - lvl, rate)
+      local wait
+      if min * U > cap_u then
+        -- Never fits: not sooner than the bucket is full plus a whole refill of it, so a
+        -- caller that retries anyway does not spin.
+        wait = ceil_div(cap_u - lvl, rate) + ceil_div(cap_u, rate)
+      else
+        wait = ceil_div(min * U - lvl, rate)
       end
       if wait < 1 then
         wait = 1

@@ -171,6 +171,20 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_plugin_configs_are_read() {
+        for path in [
+            "../host-sim/examples/plugin.json",
+            "../deploy/extproc/config/plugin.json",
+        ] {
+            let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+            let json = std::fs::read(&full).unwrap_or_default();
+            assert!(!json.is_empty(), "{full} missing");
+            let got = parse(&json);
+            assert!(got.is_ok(), "{path}: {got:?}");
+        }
+    }
+
+    #[test]
     fn typos_and_bad_figures_name_the_field() {
         for (json, field) in [
             (r#"{"tenants": {"defualt": {}}}"#, "tenants.defualt"),

@@ -77,7 +77,11 @@ pub fn plan(request: &RateLimitRequest, limits: &Limits) -> Result<Vec<Plan>, In
                 return Ok(Plan::Pass);
             };
             let hits = d.hits_addend.as_ref().map_or(request_hits, |h| h.value);
-            let hits = i64::try_from(hits).unwrap_or(i64::MAX);
+            // Any count Envoy can send is an answer, not an error: beyond the largest amount
+            // it is over every limit (a take) or fills the bucket (a give) all the same.
+            let hits = i64::try_from(hits)
+                .unwrap_or(i64::MAX)
+                .min(limits::MAX_AMOUNT);
             let bucket = limits::bucket(&at, tenant, limit_name, rate.per_minute, rate.capacity)?;
             if d.is_negative_hits {
                 return Ok(Plan::Give(limits::movement(&at, bucket, hits)?));

@@ -93,6 +93,23 @@ fn foreign_descriptors_and_unlimited_buckets_pass() {
 }
 
 #[test]
+fn any_hit_count_is_planned() {
+    let l = limits();
+    let r = request(vec![ours_u64(u64::MAX), ours_u64(1 << 53), ours_u64(0)], 0);
+    let Ok(p) = plan(&r, &l) else {
+        unreachable!("refused")
+    };
+    // Capacity 50: anything above never fits (min = capacity + 1); 0 is a check.
+    assert_eq!(take_of(&p[0]), Some(("acme", Limit::Tokens, 50, 50, 51)));
+    assert_eq!(take_of(&p[1]), Some(("acme", Limit::Tokens, 50, 50, 51)));
+    assert_eq!(take_of(&p[2]), Some(("acme", Limit::Tokens, 50, 0, 0)));
+}
+
+fn ours_u64(hits: u64) -> RateLimitDescriptor {
+    descriptor(&[(TENANT_KEY, "acme"), (LIMIT_KEY, "tokens")], Some(hits))
+}
+
+#[test]
 fn bad_limit_names_and_negative_hits() {
     let l = limits();
     let r = request(
