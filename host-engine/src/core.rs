@@ -1,6 +1,7 @@
 //! A set of VMs of one module sharing one [`Shared`]: starting and configuring them, calling
 //! the guest (a trap fails the VM and is recorded), the work Envoy does after a guest call
-//! (local replies, continuations, queue notifications, gRPC closes), timers and http calls.
+//! (local replies, continuations, queue notifications, gRPC stream closes), timers, http calls
+//! and gRPC calls.
 //!
 //! The simulated host (host-sim) keeps every worker's VM in one `Core`, on one thread; the
 //! production [`crate::Engine`] gives each worker thread a `Core` holding that worker's VM only.

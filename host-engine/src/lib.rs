@@ -8,6 +8,11 @@
 //! - [`Core`] with the filter-manager rules ([`manager`]): the layer host-sim drives on one
 //!   thread with a simulated clock and seeded randomness, for deterministic tests.
 //!
+//! gRPC calls (`proxy_grpc_call`): [`Core`] records them and delivers answers
+//! ([`Core::take_new_grpc_calls`], [`Core::answer_grpc_call`]); the [`Engine`] hands them to a
+//! [`GrpcTransport`] (the `llm-router-grpc` crate's client; this crate has no async runtime).
+//! See docs/grpc-calls.md.
+//!
 //! Layers, bottom up: [`abi`], [`types`], [`metrics`] -> [`state`] -> `hostcalls` -> [`vm`] ->
 //! [`core`] + [`manager`] -> [`engine`].
 

@@ -235,3 +235,110 @@ fn grpc_clusters_make_the_calls_for_real() -> Result<()> {
     assert!(h.pending_grpc_calls().is_empty());
     Ok(())
 }
+
+/// `raw_grpc_call` with the root context current; the hostcall's status.
+fn raw_call(h: &mut Host, args: [i64; 12]) -> Result<i64> {
+    h.worker(0)
+        .call_export("raw_grpc_call", &args)?
+        .ok_or_else(|| anyhow!("raw_grpc_call returned nothing"))
+}
+
+/// Health/Check with the service name (at 1040, 21 bytes) as the upstream too, no metadata,
+/// an empty message, 1 s timeout, the token written at 264.
+const VALID: [i64; 12] = [1040, 21, 1040, 21, 1072, 5, 0, 0, 0, 0, 1000, 264];
+
+#[test]
+fn arbitrary_grpc_call_arguments_never_break_the_host() -> Result<()> {
+    let mut h = host("N")?;
+    let mut rng = host_sim::fuzz::Rng::new(14);
+    let ptrs = [
+        0,
+        100,
+        1024,
+        1040,
+        16_384,
+        131_000,
+        131_071,
+        131_072,
+        -1,
+        i32::MIN as i64,
+    ];
+    let lens = [0, 1, 5, 21, 1024, 1025, 65_536, 65_537, (4 << 20) + 1, -1];
+    let mut made = 0;
+    for i in 0..3000 {
+        // Valid arguments with about one in eight replaced by an edge case or noise.
+        let mut args = VALID;
+        for (j, a) in args.iter_mut().enumerate() {
+            if !rng.chance(1, 8) {
+                continue;
+            }
+            *a = match (j, rng.below(3)) {
+                (10, _) | (_, 0) => rng.next_u64() as i32 as i64,
+                (j, _) if j % 2 == 0 || j == 11 => *rng.pick(&ptrs),
+                _ => *rng.pick(&lens),
+            };
+        }
+        let before = h.pending_grpc_calls().len();
+        let status = raw_call(&mut h, args)?;
+        assert!(
+            [0, 2, 4, 6].contains(&status),
+            "case {i}: {args:?} -> {status}"
+        );
+        let after = h.pending_grpc_calls();
+        assert_eq!(
+            after.len(),
+            before + usize::from(status == 0),
+            "case {i}: {args:?}"
+        );
+        if status == 0 {
+            made += 1;
+            let call = after.iter().max_by_key(|c| c.token).cloned();
+            let call = call.ok_or_else(|| anyhow!("case {i}: no call"))?;
+            // Names are read as (lossy) text of at most 1 KiB of guest bytes.
+            assert!(call.upstream.chars().count() <= 1024 && call.message.len() <= 4 << 20);
+            // Answer half of them (OK or a status), leave the others pending.
+            match i % 4 {
+                0 => h.respond_grpc_call(0, call.token, &[0x08, 0x01])?,
+                1 => h.fail_grpc_call(0, call.token, (i % 17) as u32, "x")?,
+                _ => {}
+            }
+        }
+    }
+    assert!(made > 50, "only {made} calls were accepted");
+    assert!(h.traps().is_empty(), "{:?}", h.traps());
+    Ok(())
+}
+
+#[test]
+fn outstanding_calls_are_bounded_and_tokens_are_odd_and_distinct() -> Result<()> {
+    let mut h = host("N")?;
+    for _ in 0..1024 {
+        assert_eq!(raw_call(&mut h, VALID)?, 0);
+    }
+    let calls = h.pending_grpc_calls();
+    let mut tokens: Vec<u32> = calls.iter().map(|c| c.token).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 1024);
+    assert!(
+        tokens.iter().all(|t| t % 2 == 1),
+        "call tokens are odd as in Envoy"
+    );
+    // The 1025th is refused (InternalFailure) until one ends.
+    assert_eq!(raw_call(&mut h, VALID)?, 10);
+    let cancel = |h: &mut Host, t: u32| -> Result<Option<i64>> {
+        h.worker(0).call_export("raw_grpc_cancel", &[t as i64])
+    };
+    assert_eq!(cancel(&mut h, tokens[0])?, Some(0));
+    assert_eq!(
+        cancel(&mut h, tokens[0])?,
+        Some(1),
+        "NotFound the second time"
+    );
+    assert_eq!(raw_call(&mut h, VALID)?, 0);
+    // Oversized arguments are BadArgument before any memory is read.
+    let mut big = VALID;
+    big[9] = (4 << 20) + 1;
+    assert_eq!(raw_call(&mut h, big)?, 2);
+    Ok(())
+}

@@ -12,6 +12,8 @@
 ;; `x-grpc-answer: HEX(response)` or `x-grpc-close: CC` + `x-grpc-message: MSG` to the request
 ;; headers and continues the request; with `x-grpc-trap` the answer callback traps instead.
 ;; Every delivered answer counts in the counter `grpc_deliveries`. Calls time out after 1 s.
+;; `raw_grpc_call` / `raw_grpc_cancel` pass their arguments straight to the hostcalls (ABI
+;; property tests).
 (module
   (import "env" "proxy_get_buffer_bytes"
     (func $get_buffer (param i32 i32 i32 i32 i32) (result i32)))
@@ -136,6 +138,12 @@
     (drop (call $add_header (i32.const 0) (i32.const 1088) (i32.const 13) (local.get $out)
       (i32.shl (local.get $len) (i32.const 1))))
     (drop (call $continue (i32.const 0))))
+  (func (export "raw_grpc_call")
+    (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+    (call $grpc_call (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4)
+      (local.get 5) (local.get 6) (local.get 7) (local.get 8) (local.get 9) (local.get 10)
+      (local.get 11)))
+  (func (export "raw_grpc_cancel") (param i32) (result i32) (call $grpc_cancel (local.get 0)))
   (func (export "proxy_on_grpc_close") (param $ctx i32) (param $token i32) (param $code i32)
     (drop (call $inc_metric (global.get $metric) (i64.const 1)))
     (i32.store (i32.const 260) (i32.const 0))
