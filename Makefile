@@ -15,7 +15,6 @@ help: ## List the targets
 
 setup: ## Install what builds and tests need (wasm toolchain, Envoy, Redis, Python test tools); idempotent
 	@scripts/envoy-bin.sh >/dev/null
-	@scripts/redis-bin.sh >/dev/null
 	@scripts/setup-python.sh
 	@scripts/setup-k8s-schemas.sh
 	@scripts/redis-bin.sh >/dev/null
