@@ -383,6 +383,7 @@ def test_token_over_admission_bounded_by_in_flight_underestimates(stack3, mocks)
 
 OUT_R, OUT_C = 6, 30          # slow refill (0.1/s), so the figures are about the burst
 OUT_PER_REPLICA = 25
+OUTAGE_S = 2.0                # Redis stays down this long after the burst (20 refill ticks)
 
 
 @pytest.mark.parametrize("on_outage", ["static_share", "reject", "admit"])
@@ -427,7 +428,9 @@ def test_redis_outage_and_debt(on_outage, envoy_factory, redis_factory, quota_fa
         else:
             assert a == OUT_PER_REPLICA, per
 
-    # Redis back (empty: no persistence): the usage beyond the leases is booked as debt.
+    # The outage lasts a while (many refill ticks of the filter, each failing) before Redis is
+    # back, empty (no persistence): the usage beyond the leases is then booked as debt.
+    time.sleep(OUTAGE_S)
     redis.restart()
     t_back = time.monotonic()
     outage_usage = out.admitted - REPLICAS * 2 * LEASE_REQ   # what no lease had paid for
