@@ -18,6 +18,9 @@ pub const OUTAGE_KEY: &str = "llm_router/gl/outage";
 pub const INDEX_KEY: &str = "llm_router/gl/index";
 /// Leases the tick of one VM looks at per tick (the rest on the next ticks).
 pub const WALK_PER_TICK: usize = 64;
+/// Why a request is refused under `on_outage: reject` (logged once per outage, not per
+/// request).
+pub const OUTAGE_WHY: &str = "quota service unreachable";
 /// Suffix of the key of a tenant's static-share bucket (`on_outage: static_share`).
 const STATIC_SUFFIX: &str = "/s";
 
@@ -367,7 +370,17 @@ fn fallback(
         })
     };
     let admitted = match g.on_outage {
-        OnOutage::Reject => return decided(unavailable("quota service unreachable".into())),
+        OnOutage::Reject => {
+            // The lease is kept (indexed) so that the tick's refill probes the service.
+            let touched = with_lease(store, t, now_ms, g.idle_ms, |l| {
+                let last_use_ms = l.last_use_ms.max(now_ms);
+                (Some(Lease { last_use_ms, ..l }), ())
+            })?;
+            if let Some((_, true)) = touched {
+                index_add(cfg, store, &t.key)?;
+            }
+            return decided(unavailable(OUTAGE_WHY.into()));
+        }
         OnOutage::Admit => None,
         OnOutage::StaticShare => {
             let share = static_share(&t.limits, g.replicas);

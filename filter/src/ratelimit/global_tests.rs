@@ -467,7 +467,13 @@ fn outage_reject_is_a_503() {
         assert_eq!(reply.status, 503);
         assert!(String::from_utf8_lossy(&reply.body).contains("rate_limiter_unavailable"));
     }
-    assert_eq!(lease_of_opt(&m, "llm_router/gl/l/t/acme"), None);
+    // Nothing booked; the empty lease is indexed so the tick's refill probes the service.
+    let l = lease_of(&m, "llm_router/gl/l/t/acme");
+    assert_eq!((l.requests, l.debt_requests), (0, 0));
+    assert_eq!(
+        global::index(&m).unwrap(),
+        vec!["llm_router/gl/l/t/acme".to_string()]
+    );
 }
 
 fn lease_of_opt(m: &Mem, key: &str) -> Option<Lease> {
