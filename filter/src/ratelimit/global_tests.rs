@@ -314,7 +314,12 @@ fn the_tick_refills_returns_expires_and_pays_debt() {
         plan(&at(1, 1000), 1000, true),
         call(Method::Take, 9, 0, Source::Levels)
     );
-    assert_eq!(plan(&at(0, 0), 6000, true), Plan::Nothing);
+    // ... idle ones too (else an outage with only idle leases would never end).
+    assert_eq!(
+        plan(&at(0, 0), 6000, true),
+        call(Method::Take, 10, 1000, Source::Levels)
+    );
+    assert_eq!(plan(&at(9, 900), 6000, true), Plan::Nothing);
     // A claimed lease is left alone until the claim expires.
     let claimed = Lease {
         claim_until_ms: 2000,
