@@ -307,7 +307,10 @@ pub(super) fn apply_gate(sh: &Shared, gate: Gate, cost: &Cost, routed: &mut Rout
             Charged::Refused(reply)
         }
         Gate::Unavailable { reply, why } => {
-            warn!("llm-router: rate limit state unavailable, refusing: {why}");
+            // An outage is logged once when it starts, not per request.
+            if why != global::OUTAGE_WHY {
+                warn!("llm-router: rate limit state unavailable, refusing: {why}");
+            }
             Charged::Refused(reply)
         }
     }

@@ -241,10 +241,17 @@ pub fn plan(lease: &Lease, sizes: &Sizes, g: &Global, now_ms: u64, outage: bool)
             return p;
         }
     }
+    // Below half a lease: top it up to a whole one. In an outage this is the probe that
+    // notices the service is back, so it runs for idle leases too.
+    let want = pair(
+        sizes,
+        |l, s| if l.saturating_mul(2) < s { s - l } else { 0 },
+        lease,
+    );
+    if outage {
+        return call(Method::Take, want, Source::Levels).unwrap_or(Plan::Nothing);
+    }
     if idle {
-        if outage {
-            return Plan::Nothing;
-        }
         let held = pair(sizes, |l, _| l.max(0), lease);
         let owed = pair(sizes, |l, _| l.min(0).saturating_neg(), lease);
         return call(Method::Give, held, Source::Levels)
@@ -255,17 +262,8 @@ pub fn plan(lease: &Lease, sizes: &Sizes, g: &Global, now_ms: u64, outage: bool)
                 Plan::Nothing
             });
     }
-    // Below half a lease: top it up to a whole one.
-    let want = pair(
-        sizes,
-        |l, s| if l.saturating_mul(2) < s { s - l } else { 0 },
-        lease,
-    );
     if let Some(p) = call(Method::Take, want, Source::Levels) {
         return p;
-    }
-    if outage {
-        return Plan::Nothing;
     }
     // Above twice a lease: give back down to one.
     let surplus = pair(

@@ -5,9 +5,12 @@
 //! request is admitted against both with a single compare-and-swap. Refill is computed from the
 //! clock on access; nothing runs on ticks.
 
+mod background;
 pub mod bucket;
+pub mod calls;
 pub mod global;
 pub mod lease;
+mod lease_store;
 mod reconcile;
 mod tenants;
 
@@ -471,6 +474,8 @@ fn limited(tenant: Tenant, bucket: Bucket, retry_after_ms: u64, status: &Status)
     }
 }
 
+#[cfg(test)]
+mod global_prop_tests;
 #[cfg(test)]
 mod global_tests;
 #[cfg(test)]
