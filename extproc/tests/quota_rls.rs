@@ -163,6 +163,16 @@ async fn descriptors_that_are_not_ours_are_ok() {
     assert_eq!(got.overall_code, Code::OverLimit as i32);
     let got = ask(&mut c, vec![ours("u/someone", "tokens", Some(100_000))], 0).await;
     assert_eq!(got.overall_code, Code::Ok as i32);
+    // A tenant name no bucket can have is over limit, whatever the other descriptors say.
+    let got = ask(
+        &mut c,
+        vec![ours("}x", "requests", None), ours("acme", "requests", None)],
+        0,
+    )
+    .await;
+    assert_eq!(got.overall_code, Code::OverLimit as i32);
+    assert_eq!(got.statuses[0].code, Code::OverLimit as i32);
+    assert_eq!(got.statuses[1].code, Code::Ok as i32);
     // A bad limit name in our descriptor is the caller's error.
     let err = c
         .should_rate_limit(RateLimitRequest {

@@ -7,7 +7,8 @@
 //! min = want = hits: all or nothing. `is_negative_hits` gives them back instead. Ours and
 //! not fitting: OVER_LIMIT with `duration_until_reset` (when the hits would fit) and
 //! `current_limit`. Descriptors that are not ours, and tenants without a limit on that bucket,
-//! answer OK: not limited by us. The descriptors of one tenant are taken in one script call
+//! answer OK: not limited by us. A tenant name no bucket can have (empty, over 256 bytes, a
+//! leading `}`) is OVER_LIMIT, never an RPC error a client could provoke. The descriptors of one tenant are taken in one script call
 //! (atomically); different tenants' are separate calls, and one tenant's grant is not undone
 //! when another's is over limit (as in Envoy's reference service). Redis down: UNAVAILABLE.
 
@@ -39,6 +40,10 @@ pub enum Plan {
     Pass,
     Take(Take),
     Give(Move),
+    /// A tenant name no bucket can have (empty, over 256 bytes, a leading `}`): OVER_LIMIT.
+    /// The name comes from a client; an RPC error would let `failure_mode_deny: false` wave
+    /// the request through unlimited.
+    Refuse,
 }
 
 fn ours(d: &RateLimitDescriptor) -> Option<(&str, &str)> {
@@ -82,7 +87,13 @@ pub fn plan(request: &RateLimitRequest, limits: &Limits) -> Result<Vec<Plan>, In
             let hits = i64::try_from(hits)
                 .unwrap_or(i64::MAX)
                 .min(limits::MAX_AMOUNT);
-            let bucket = limits::bucket(&at, tenant, limit_name, rate.per_minute, rate.capacity)?;
+            // The limit name is checked and the rate comes from the validated configuration:
+            // only the tenant can be refused here.
+            let Ok(bucket) =
+                limits::bucket(&at, tenant, limit_name, rate.per_minute, rate.capacity)
+            else {
+                return Ok(Plan::Refuse);
+            };
             if d.is_negative_hits {
                 return Ok(Plan::Give(limits::movement(&at, bucket, hits)?));
             }
@@ -154,9 +165,14 @@ impl Rls {
         let mut statuses: Vec<DescriptorStatus> = plans.iter().map(|_| ok()).collect();
         // Takes grouped by tenant: one script call each, in order of first appearance.
         let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut refused = false;
         for (i, p) in plans.iter().enumerate() {
             match p {
                 Plan::Pass => {}
+                Plan::Refuse => {
+                    statuses[i].code = Code::OverLimit as i32;
+                    refused = true;
+                }
                 Plan::Give(m) => {
                     b.store
                         .give(std::slice::from_ref(m))
@@ -170,7 +186,7 @@ impl Rls {
                 },
             }
         }
-        let mut over = false;
+        let mut over = refused;
         for (_, idx) in &groups {
             let takes: Vec<Take> = idx
                 .iter()

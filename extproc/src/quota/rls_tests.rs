@@ -110,6 +110,22 @@ fn ours_u64(hits: u64) -> RateLimitDescriptor {
 }
 
 #[test]
+fn tenant_names_no_bucket_can_have_are_refused_not_errors() {
+    let l = limits();
+    let long = "x".repeat(300);
+    for tenant in ["", "}x", long.as_str()] {
+        let r = request(
+            vec![descriptor(
+                &[(TENANT_KEY, tenant), (LIMIT_KEY, "requests")],
+                None,
+            )],
+            0,
+        );
+        assert_eq!(plan(&r, &l), Ok(vec![Plan::Refuse]), "{tenant:?}");
+    }
+}
+
+#[test]
 fn bad_limit_names_and_negative_hits() {
     let l = limits();
     let r = request(
