@@ -200,6 +200,16 @@ def usage_total(r: harness.Response) -> int:
     return int(r.json()["usage"]["total_tokens"])
 
 
+def global_metrics(quota: harness.QuotaServer, envoys: list[harness.EnvoyProcess]) -> str:
+    """The quota service's call counts and each replica's global-limit metrics (for failures)."""
+    lines = [ln for ln in quota.metrics().splitlines()
+             if ln.startswith("llm_router_quota_") and not ln.startswith("#")]
+    for i, e in enumerate(envoys):
+        lines += [f"replica {i}: {ln}" for ln in e.prometheus().splitlines()
+                  if "llm_router_global" in ln and not ln.startswith("#")]
+    return "\n".join(lines)
+
+
 def bucket_level(redis: harness.RedisServer, tenant: str, limit: str) -> int | None:
     """The whole level stored in Redis for (tenant, limit); None when the key does not exist
     (a missing key is a full bucket)."""
@@ -392,11 +402,11 @@ def test_redis_outage_and_debt(on_outage, envoy_factory, redis_factory, quota_fa
     quota = quota_factory(redis)
     tenant = f"out-{on_outage}"
     tenants = {tenant: limits(OUT_R, burst_requests=OUT_C)}
-    ports = []
+    ports, envoys = [], []
     for i in range(REPLICAS):
         path, port = gateway_config(quota.grpc_port, tenants, {**GLOBAL, "on_outage": on_outage},
-                                       f"envoy-outage-{i}.json")
-        envoy_factory(path, concurrency=1)
+                                    f"envoy-outage-{i}.json")
+        envoys.append(envoy_factory(path, concurrency=1))
         ports.append(port)
     # Warm: every replica holds a lease of the tenant.
     warm = burst(ports, tenant, 2 * REPLICAS, concurrency=1)
@@ -442,8 +452,12 @@ def test_redis_outage_and_debt(on_outage, envoy_factory, redis_factory, quota_fa
         slack = refill(OUT_R, time.monotonic() - t_kill) + 1
         return level is not None and level <= OUT_C - outage_usage + slack
 
-    harness.wait_for(booked, 15, what=f"the outage's usage (>= {outage_usage}) booked in Redis "
-                                      f"as debt (level {bucket_level(redis, tenant, 'requests')})")
+    try:
+        harness.wait_for(booked, 15, what=f"the outage's usage (>= {outage_usage}) booked in "
+                                          "Redis as debt")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; level {bucket_level(redis, tenant, 'requests')}\n"
+                             f"{global_metrics(quota, envoys)}") from None
     level = bucket_level(redis, tenant, "requests")
     figure(f"Redis back, on_outage={on_outage}", outage_admitted=out.admitted,
            redis_level=level, capacity=OUT_C, seconds_to_book=round(time.monotonic() - t_back, 2))
