@@ -410,9 +410,9 @@ fn proxy_increment_metric(c: C, id: i32, offset: i64) -> R {
         return st(Status::NotFound);
     };
     match kind {
-        MetricKind::Counter if offset > 0 => m.value += offset,
+        MetricKind::Counter if offset > 0 => m.value = m.value.saturating_add(offset),
         MetricKind::Counter => return st(Status::BadArgument),
-        MetricKind::Gauge => m.value += offset,
+        MetricKind::Gauge => m.value = m.value.saturating_add(offset),
         MetricKind::Histogram => return st(Status::BadArgument),
     }
     ok()
@@ -428,7 +428,7 @@ fn proxy_record_metric(c: C, id: i32, value: i64) -> R {
         return st(Status::NotFound);
     };
     match kind {
-        MetricKind::Counter => m.value += value,
+        MetricKind::Counter => m.value = m.value.saturating_add(value),
         MetricKind::Gauge => m.value = value,
         MetricKind::Histogram => {
             m.samples.push(value as u64);
