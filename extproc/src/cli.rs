@@ -1,6 +1,7 @@
 //! Command line: `llm-router-extproc --wasm FILE --plugin-config FILE [--grpc-addr ADDR]
 //! [--health-addr ADDR] [--metrics-addr ADDR] [--plaintext | --tls-cert F --tls-key F]
-//! [--workers N] [--env NAME]... [--fail-open] [--drain-seconds N]`.
+//! [--workers N] [--env NAME]... [--fail-open] [--drain-seconds N] [--memory-limit-mb N]
+//! [--grpc-cluster NAME=URL]...`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,8 +10,15 @@ use std::path::PathBuf;
 pub const USAGE: &str = "usage: llm-router-extproc --wasm FILE --plugin-config FILE \
 [--grpc-addr ADDR] [--health-addr ADDR] [--metrics-addr ADDR] \
 [--plaintext | --tls-cert FILE --tls-key FILE] [--workers N] [--env NAME]... \
-[--fail-open] [--drain-seconds N] [--memory-limit-mb N]
-       llm-router-extproc quota --redis URL [...]   (the global-limits quota service; quota --help)";
+[--fail-open] [--drain-seconds N] [--memory-limit-mb N] [--grpc-cluster NAME=URL]...
+       llm-router-extproc quota --redis URL [...]   (the global-limits quota service; quota --help)
+
+  --grpc-cluster NAME=URL  the target of the module's gRPC calls (proxy_grpc_call) to upstream
+                           NAME, as an Envoy cluster of that name would be; repeatable, one per
+                           name. URL is http://HOST[:PORT] (plaintext HTTP/2) or
+                           https://HOST[:PORT] (TLS, verified against the system's roots).
+                           Calls to names not given fail in the module as for an unknown
+                           cluster (ParseFailure).";
 
 /// How the gRPC listeners speak.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +48,8 @@ pub struct Options {
     /// How long open streams may run after SIGTERM.
     pub drain_seconds: u64,
     pub memory_limit_mb: usize,
+    /// `--grpc-cluster NAME=URL`: targets of the module's gRPC calls.
+    pub grpc_clusters: grpc_call::Clusters,
 }
 
 /// A command-line problem; the message names the flag.
@@ -124,6 +134,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliErro
         fail_open: false,
         drain_seconds: 30,
         memory_limit_mb: 256,
+        grpc_clusters: grpc_call::Clusters::default(),
     };
     let mut plaintext = false;
     while let Some(arg) = args.next() {
@@ -160,6 +171,15 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliErro
                 opts.memory_limit_mb = number(&flag, &value, 16, 65536)? as usize
             }
             "--env" => opts.env.push(env_name(&value)?),
+            "--grpc-cluster" => {
+                let invalid = |why: String| CliError::Invalid {
+                    flag: flag.clone(),
+                    value: value.clone(),
+                    why,
+                };
+                let cluster = grpc_call::parse_cluster(&value).map_err(invalid)?;
+                opts.grpc_clusters.add(cluster).map_err(invalid)?;
+            }
             _ => return Err(CliError::Unknown(arg)),
         }
     }

@@ -56,6 +56,7 @@ async fn run(opts: Options) -> Result<(), String> {
         workers: opts.workers,
         memory_limit_bytes: opts.memory_limit_mb * 1024 * 1024,
         fail_open: opts.fail_open,
+        grpc_clusters: opts.grpc_clusters.clone(),
     };
     let bound = Bound::bind(ServeOptions {
         grpc_addr: opts.grpc_addr,
