@@ -19,6 +19,7 @@
 pub mod abi;
 pub mod core;
 pub mod engine;
+pub mod grpc_upstream;
 mod hostcalls;
 pub mod manager;
 pub mod meter;

@@ -217,7 +217,8 @@ fn next_call_token(d: &mut VmState) -> u32 {
 }
 
 /// `proxy_grpc_call(upstream, service, method, initial_metadata, message, timeout, &token)`.
-/// As Envoy: an `upstream` that names no known cluster is ParseFailure; the answer arrives
+/// As Envoy: `upstream` is a serialized GrpcService or a cluster name (`grpc_upstream`); one
+/// that names no known cluster is ParseFailure; the answer arrives
 /// later on the calling context (`proxy_on_grpc_receive` or `proxy_on_grpc_close`).
 #[allow(clippy::too_many_arguments)]
 fn proxy_grpc_call(
@@ -245,7 +246,15 @@ fn proxy_grpc_call(
     {
         return st(Status::BadArgument);
     }
-    let upstream = str_or_fail!(&mut c, up, ul);
+    let upstream = read_or_fail!(&mut c, up, ul);
+    let upstream = match crate::grpc_upstream::read(&upstream) {
+        crate::grpc_upstream::GrpcUpstream::Cluster(name) => match String::from_utf8(name) {
+            Ok(name) => name,
+            // No cluster has such a name.
+            Err(_) => return st(Status::ParseFailure),
+        },
+        crate::grpc_upstream::GrpcUpstream::Unsupported => return st(Status::BadArgument),
+    };
     let service = str_or_fail!(&mut c, sp, sl);
     let method = str_or_fail!(&mut c, mp, ml);
     let hdata = read_or_fail!(&mut c, hp, hl);
