@@ -8,7 +8,7 @@ service (`llm-router-extproc quota`) on a real redis-server the test starts.
   path answers (`on_outage: reject` -> 503 rate_limiter_unavailable), no VM crashes.
 
 Missing redis-server, quota binary or .wasm fail the tests (never skip). The multi-Envoy bounds
-are the e2e of issue 14's last part.
+are the e2e of issue 14's last part (test_global_limits.py).
 """
 
 from __future__ import annotations
