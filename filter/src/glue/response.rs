@@ -2,9 +2,10 @@
 //! holding it back, then, once the request is over, reconcile the tenant's charge and count it.
 
 use super::host::{now_ms, response_body, response_header, set_response_header, SharedData};
+use super::request::{publish_tokens, COMPLETION_TOKENS_PROPERTY};
 use super::{Http, Routed, Shared};
 use crate::metrics::{self, Metric};
-use crate::ratelimit::{self, Outcome};
+use crate::ratelimit::{self, Booked, Outcome};
 use crate::usage::{JsonUsageScanner, SseScanner, Usage};
 use log::warn;
 
@@ -40,6 +41,39 @@ impl Http {
             ResponseScan::Json(JsonUsageScanner::default())
         };
         self.response_ended = end_of_stream;
+        if end_of_stream {
+            self.publish_completion();
+        }
+    }
+
+    /// At the end of the response, for Envoy's own `ratelimit` filter (`apply_on_stream_done`):
+    /// the completion tokens from `usage`, else as estimated (streamed text, or the
+    /// reservation).
+    fn publish_completion(&mut self) {
+        let Some(routed) = &self.routed else {
+            return;
+        };
+        if self.local_reply
+            || self
+                .shared
+                .as_ref()
+                .is_none_or(|sh| sh.cfg.tenants.is_none())
+        {
+            return;
+        }
+        let reserved = routed.charge.as_ref().map_or(0, |(_, c, _)| c.reserved);
+        let completion = match &mut self.response {
+            ResponseScan::Sse(s) => {
+                s.finish();
+                s.usage
+                    .map_or(s.completion_estimate, |u| u.completion_tokens)
+            }
+            ResponseScan::Json(j) => j
+                .finish()
+                .map_or(j.completion_estimate(), |u| u.completion_tokens),
+            ResponseScan::None => reserved,
+        };
+        publish_tokens(COMPLETION_TOKENS_PROPERTY, completion);
     }
 
     pub(super) fn response_chunk(&mut self, body_size: usize, end_of_stream: bool) {
@@ -60,6 +94,9 @@ impl Http {
                 }
             }
             ResponseScan::Json(scanner) => scanner.feed(&response_body(body_size)),
+        }
+        if end_of_stream {
+            self.publish_completion();
         }
     }
 
@@ -119,7 +156,7 @@ impl Http {
     }
 
     fn reconcile(&self, routed: &Routed, usage: Option<Usage>, outcome: Outcome) {
-        let Some((tenant, charge)) = &routed.charge else {
+        let Some((tenant, charge, booked)) = &routed.charge else {
             return;
         };
         let mut charge = *charge;
@@ -134,16 +171,31 @@ impl Http {
         if fix.requests == 0 && fix.tokens == 0 {
             return;
         }
-        let owner = tenant.owner.as_deref();
-        if let Err(e) = ratelimit::adjust_tenant(
-            &SharedData,
-            &tenant.key,
-            &tenant.limits,
-            owner,
-            fix.requests,
-            fix.tokens,
-            now_ms(),
-        ) {
+        let global = self
+            .shared
+            .as_ref()
+            .and_then(|sh| sh.cfg.tenants.as_ref())
+            .and_then(|t| t.global.as_ref());
+        let done = match (booked, global) {
+            (Booked::Lease | Booked::Debt, Some(g)) => ratelimit::global::reconcile(
+                g,
+                tenant,
+                *booked,
+                (fix.requests, fix.tokens),
+                &SharedData,
+                now_ms(),
+            ),
+            _ => ratelimit::adjust_tenant(
+                &SharedData,
+                &tenant.key,
+                &tenant.limits,
+                tenant.owner.as_deref(),
+                fix.requests,
+                fix.tokens,
+                now_ms(),
+            ),
+        };
+        if let Err(e) = done {
             warn!(
                 "llm-router: cannot reconcile tokens of {}: {e:?}",
                 tenant.label
