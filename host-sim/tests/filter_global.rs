@@ -340,3 +340,38 @@ fn a_thousand_tenant_ids_keep_the_index_and_shared_data_bounded() -> Result<()> 
     assert!(h.traps().is_empty());
     Ok(())
 }
+
+#[test]
+fn a_body_still_arriving_while_its_take_is_in_flight_is_held() -> Result<()> {
+    // max_body_bytes 64: the first chunk already decides (too large); the rest must wait.
+    let mut cfg = config(global("reject"));
+    cfg["max_body_bytes"] = json!(64);
+    let mut h = host(&cfg, 1)?;
+    let first = vec![b'a'; 100];
+    let mut ex = h
+        .worker(0)
+        .request()
+        .method("POST")
+        .path("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("x-tenant-id", "acme")
+        .body_chunks(&[first.as_slice(), b"more", b"end"])
+        .stop_after_chunks(1)
+        .send();
+    let c = call(ex.host(), "Take")?;
+    ex.send_request_chunk(b"more", false)?;
+    assert!(
+        ex.upstream().is_none(),
+        "nothing goes upstream while the take is in flight"
+    );
+    ex.host().respond_grpc_call(c.worker, c.token, &grant(6))?;
+    ex.send_request_chunk(b"end", true)?;
+    let up = ex
+        .upstream()
+        .ok_or_else(|| anyhow!("forwarded after the grant"))?;
+    assert!(up.complete);
+    assert_eq!(up.body.len(), 107, "the whole body, once");
+    ex.response(500).send()?;
+    ex.finish()?;
+    Ok(())
+}

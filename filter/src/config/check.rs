@@ -412,7 +412,11 @@ pub(super) fn tenants(t: raw::RawTenants, owned: &HeaderNames) -> Result<Tenants
     }
     let global = match t.global {
         None => None,
-        Some(g) => Some(global(g)?),
+        Some(g) => {
+            let g = global(g)?;
+            within_quota_service_bounds(&default, &list)?;
+            Some(g)
+        }
     };
     Ok(Tenants {
         source,
@@ -423,6 +427,33 @@ pub(super) fn tenants(t: raw::RawTenants, owned: &HeaderNames) -> Result<Tenants
         max_tokens_cap,
         global,
     })
+}
+
+/// The quota service keeps its numbers exact in Redis's Lua (doubles): rates and bursts of at
+/// most 2^33 per bucket. Under `tenants.global` a larger limit would be refused on every call.
+fn within_quota_service_bounds(
+    default: &Limits,
+    list: &[(String, Limits)],
+) -> Result<(), ConfigError> {
+    const MAX: u64 = 1 << 33;
+    let named = std::iter::once(("tenants.default".to_string(), default))
+        .chain(list.iter().map(|(n, l)| (key_path("tenants.limits", n), l)));
+    for (at, l) in named {
+        for (kind, b) in [("requests", &l.requests), ("tokens", &l.tokens)] {
+            if let Some(b) = b {
+                if b.per_minute > MAX || b.burst > MAX {
+                    return err(
+                        at,
+                        format!(
+                            "{kind}: with `tenants.global`, rates and bursts must be at most \
+                             {MAX} (the quota service's bound)"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `field` within `[lo, hi]`, or `default` when absent.
@@ -440,6 +471,8 @@ fn bounded(
     Ok(v)
 }
 
+const MAX_CLUSTER_NAME: usize = 120;
+
 pub(super) fn global(g: raw::RawGlobal) -> Result<Global, ConfigError> {
     let Some(cluster) = g.cluster else {
         return err(
@@ -447,15 +480,18 @@ pub(super) fn global(g: raw::RawGlobal) -> Result<Global, ConfigError> {
             "is required (the Envoy cluster of the quota service)",
         );
     };
+    // At most 120: the serialized GrpcService that carries the name stays one-byte lengths,
+    // plain ASCII (see `quota::wire::encode_grpc_service`).
     let cluster_ok = !cluster.is_empty()
-        && cluster.len() <= 256
+        && cluster.len() <= MAX_CLUSTER_NAME
         && cluster.bytes().all(|b| b.is_ascii_graphic());
     if !cluster_ok {
         return err(
             "tenants.global.cluster",
-            "must be a cluster name (1 to 256 visible ASCII characters)",
+            "must be a cluster name (1 to 120 visible ASCII characters)",
         );
     }
+    let upstream = crate::quota::wire::encode_grpc_service(&cluster);
     for (field, v) in [
         ("tenants.global.lease_requests", g.lease_requests),
         ("tenants.global.lease_tokens", g.lease_tokens),
@@ -488,6 +524,7 @@ pub(super) fn global(g: raw::RawGlobal) -> Result<Global, ConfigError> {
     }
     Ok(Global {
         cluster,
+        upstream,
         lease_requests: g.lease_requests,
         lease_tokens: g.lease_tokens,
         replicas,

@@ -131,6 +131,11 @@ pub struct Tenants {
 pub struct Global {
     /// Envoy cluster (gRPC) of the quota service.
     pub cluster: String,
+    /// What the filter passes to `proxy_grpc_call` as the upstream: the serialized
+    /// `GrpcService { envoy_grpc { cluster_name: cluster } }` (ASCII). A plain name can be
+    /// mistaken by Envoy for a serialized GrpcService (some short names are valid protobuf),
+    /// which fails the call with a status the SDK's dispatch panics on.
+    pub upstream: String,
     /// Lease sizes; `None`: derived per tenant from its burst (see [`Global::lease`]).
     pub lease_requests: Option<u64>,
     pub lease_tokens: Option<u64>,

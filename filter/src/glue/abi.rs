@@ -336,17 +336,20 @@ pub fn continue_request() -> Result<(), Status> {
 /// table only its own `dispatch_grpc_call` can fill, so a raw `proxy_grpc_call` here would
 /// never hear back. The SDK returns the statuses Envoy's `grpcCall` gives for calls that do
 /// not start (`ParseFailure`: unknown cluster; `InternalFailure`) as errors; it panics on any
-/// other non-Ok status, which Envoy only returns when it cannot build a client for a cluster
-/// it knows (`BadArgument`). Hosts of this project must answer like Envoy.
+/// other non-Ok status. Envoy returns `BadArgument` when `upstream` parses as a serialized
+/// GrpcService it cannot build a client for, and a plain cluster name can parse as one (`pa`,
+/// `quota_svc`): so `upstream` is always the serialized `GrpcService { envoy_grpc }` that
+/// configuration builds (`Global::upstream`), for which Envoy builds the client without
+/// checking the cluster (an unknown one fails the call later, UNAVAILABLE).
 pub fn dispatch_grpc_call(
-    cluster: &str,
+    upstream: &str,
     service: &str,
     method: &str,
     message: &[u8],
     timeout_ms: u64,
 ) -> Result<u32, Status> {
     proxy_wasm::hostcalls::dispatch_grpc_call(
-        cluster,
+        upstream,
         service,
         method,
         Vec::new(),

@@ -42,7 +42,7 @@ fn settings(sh: &Shared) -> Option<(&Tenants, &Global)> {
 /// Starts a call of the quota service; `None` when the host refused to start it (counted).
 fn dispatch(sh: &Shared, g: &Global, method: Method, message: &[u8]) -> Option<u32> {
     match abi::dispatch_grpc_call(
-        &g.cluster,
+        &g.upstream,
         quota::SERVICE,
         method.name(),
         message,

@@ -246,6 +246,13 @@ impl HttpContext for Http {
         if self.push {
             return self.push_body(body_size, end_of_stream);
         }
+        if self.waiting.is_some() {
+            // Decided, waiting for the quota service: held (Envoy buffers what arrives, and
+            // each call sees the whole buffer); counted past what the decision saw.
+            let more = (body_size as u64).saturating_sub(self.body_at_decision);
+            self.body_after_decision = self.body_after_decision.max(more);
+            return Action::Pause;
+        }
         if !self.inspecting {
             if self.routed.is_some() {
                 // Decided already: the rest of the body streams through, chunk by chunk.
@@ -269,6 +276,9 @@ impl HttpContext for Http {
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.waiting.is_some() {
+            return Action::Pause;
+        }
         if !self.inspecting {
             return Action::Continue;
         }

@@ -332,3 +332,38 @@ fn bounds_and_malformed_input() {
     b.extend_from_slice(&[0x0a, 2, 0xff, 0xfe]);
     assert_eq!(decode_take_request(&b), Err(WireError::BadUtf8));
 }
+
+// envoy.config.core.v3.GrpcService / GrpcService.EnvoyGrpc, the fields the filter writes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PEnvoyGrpc {
+    #[prost(string, tag = "1")]
+    cluster_name: String,
+    #[prost(string, tag = "2")]
+    authority: String,
+}
+#[derive(Clone, PartialEq, prost::Message)]
+struct PGrpcService {
+    #[prost(message, optional, tag = "1")]
+    envoy_grpc: Option<PEnvoyGrpc>,
+}
+
+#[test]
+fn grpc_service_names_the_cluster_in_ascii() {
+    let exact = encode_grpc_service("llm_router_quota");
+    let mut want = vec![0x0a, 18, 0x0a, 16];
+    want.extend_from_slice(b"llm_router_quota");
+    assert_eq!(exact.as_bytes(), &want[..]);
+    let mut rng = Rng::new(7);
+    for len in 1..=125usize {
+        let name: String = (0..len)
+            .map(|_| char::from(b'!' + (rng.next_u64() % 94) as u8))
+            .collect();
+        let up = encode_grpc_service(&name);
+        assert!(up.is_ascii(), "{name}");
+        let parsed = PGrpcService::decode(up.as_bytes()).unwrap();
+        assert_eq!(parsed.envoy_grpc.unwrap().cluster_name, name);
+    }
+    // Past one-byte lengths: the plain name (Envoy's other accepted form).
+    let long = "c".repeat(126);
+    assert_eq!(encode_grpc_service(&long), long);
+}

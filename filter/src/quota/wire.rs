@@ -79,6 +79,21 @@ fn put_msg(out: &mut Vec<u8>, field: u32, body: &[u8]) {
     put_bytes(out, field, body);
 }
 
+/// `envoy.config.core.v3.GrpcService { envoy_grpc (1) { cluster_name (1) } }`, as a string:
+/// plain ASCII for a visible-ASCII name of at most 125 bytes (both lengths fit one byte),
+/// which the configuration guarantees. Longer names would not be ASCII: they get the plain
+/// name, which Envoy also accepts.
+pub fn encode_grpc_service(cluster: &str) -> String {
+    if cluster.len() > 125 || !cluster.is_ascii() {
+        return cluster.to_string();
+    }
+    let mut inner = Vec::with_capacity(cluster.len() + 2);
+    put_bytes(&mut inner, 1, cluster.as_bytes());
+    let mut out = Vec::with_capacity(inner.len() + 2);
+    put_msg(&mut out, 1, &inner);
+    String::from_utf8(out).unwrap_or_else(|_| cluster.to_string())
+}
+
 fn bucket_bytes(b: &Bucket) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.tenant.len() + b.limit.len() + 24);
     put_str(&mut out, 1, &b.tenant);

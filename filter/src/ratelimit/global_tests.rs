@@ -176,12 +176,45 @@ fn global_configuration_defaults_and_errors() {
             "tenants.global.on_outage",
         ),
         (r#"{"cluster": "q", "clusterr": "x"}"#, "tenants.global"),
+        (
+            r#"{"cluster": "ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"}"#,
+            "tenants.global.cluster",
+        ),
     ] {
         let cfg = format!(
             r#"{{"tiers": {{"s": {{}}}}, "tenants": {{"header": "x-t", "global": {global}}}}}"#
         );
         let e = Config::parse(cfg.as_bytes()).unwrap_err();
         assert!(e.field.starts_with(field), "{global}: {e}");
+    }
+}
+
+#[test]
+fn global_limits_stay_within_the_quota_services_bounds() {
+    let t = tenants(r#"{"cluster": "pa"}"#, REQS);
+    // The upstream is the serialized GrpcService, never the bare (protobuf-looking) name.
+    assert_eq!(g(&t).upstream.as_bytes(), b"\x0a\x04\x0a\x02pa");
+    for (at, default, acme) in [
+        (
+            "tenants.default",
+            r#"{"tokens_per_minute": 8589934593}"#,
+            "{}",
+        ),
+        (
+            "tenants.limits.acme",
+            "{}",
+            r#"{"requests_per_minute": 1, "burst_requests": 8589934593}"#,
+        ),
+    ] {
+        let cfg = format!(
+            r#"{{"tiers": {{"s": {{}}}}, "tenants": {{"header": "x-t", "default": {default},
+                "limits": {{"acme": {acme}}}, "global": {{"cluster": "q"}}}}}}"#
+        );
+        let e = Config::parse(cfg.as_bytes()).unwrap_err();
+        assert!(e.field.starts_with(at), "{e}");
+        // The same limits without `global` are fine (per-proxy buckets go to 2^40).
+        let cfg = cfg.replace(r#", "global": {"cluster": "q"}"#, "");
+        assert!(Config::parse(cfg.as_bytes()).is_ok(), "{cfg}");
     }
 }
 
