@@ -249,7 +249,15 @@ pub fn plan(lease: &Lease, sizes: &Sizes, g: &Global, now_ms: u64, outage: bool)
         lease,
     );
     if outage {
-        return call(Method::Take, want, Source::Levels).unwrap_or(Plan::Nothing);
+        // Always a call, even with nothing to top up (a Take of nothing): a lease at half or
+        // more can still be too small for the requests that come (they fall back to
+        // `on_outage` and book debt), and without a probe the outage would never end.
+        return Plan::Call(Call {
+            method: Method::Take,
+            requests: want.0.max(0),
+            tokens: want.1.max(0),
+            source: Source::Levels,
+        });
     }
     if idle {
         let held = pair(sizes, |l, _| l.max(0), lease);
