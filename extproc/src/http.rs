@@ -19,7 +19,7 @@ use crate::service::Shared;
 /// Push snapshots are small; anything larger is refused before the filter sees it.
 const MAX_PUSH_BYTES: usize = 4 * 1024 * 1024;
 
-type Reply = Response<Full<Bytes>>;
+pub type Reply = Response<Full<Bytes>>;
 
 fn plain(status: StatusCode, text: &str) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(text.to_string())));
@@ -33,6 +33,23 @@ pub async fn serve<E: FilterEngine>(
     shared: Arc<Shared<E>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    accept_loop(listener, shutdown, move |req, peer| {
+        let shared = shared.clone();
+        async move { handle(req, peer, shared).await }
+    })
+    .await
+}
+
+/// The accept loop of a plain HTTP/1 endpoint (this one, and the quota service's
+/// `/metrics`): every connection served by `handler` until `shutdown` resolves.
+pub async fn accept_loop<H, F>(
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Reply> + Send + 'static,
+{
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -45,11 +62,11 @@ pub async fn serve<E: FilterEngine>(
                 }
             },
         };
-        let shared = shared.clone();
+        let handler = handler.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(req, peer, shared).await) }
+                let reply = handler(req, peer);
+                async move { Ok::<_, Infallible>(reply.await) }
             });
             let conn =
                 hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);

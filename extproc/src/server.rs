@@ -91,7 +91,8 @@ pub struct Bound {
     options: ServeOptions,
 }
 
-async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+/// Binds a listener; the error names the flag that gave the address.
+pub(crate) async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr).await.map_err(|e| ServeError::Bind {
         flag,
         addr,

@@ -3,7 +3,6 @@
 //! `/metrics`, a 1 s Redis ping (the up gauge and the Quota service's health status follow
 //! Redis while nobody calls), graceful shutdown.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +12,6 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::R
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -25,7 +23,8 @@ use super::rls::Rls;
 use super::script::Store;
 use super::service::{Backend, QuotaService};
 use super::stats::QuotaStats;
-use crate::server::{accepted, ServeError};
+use crate::http::Reply;
+use crate::server::{accepted, bind, ServeError};
 use crate::tls::Material;
 
 pub const RLS_SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -43,14 +42,6 @@ pub struct QuotaBound {
     grpc: TcpListener,
     health: TcpListener,
     metrics: TcpListener,
-}
-
-async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr).await.map_err(|e| ServeError::Bind {
-        flag,
-        addr,
-        why: e.to_string(),
-    })
 }
 
 impl QuotaBound {
@@ -196,8 +187,6 @@ async fn ping_loop(
     }
 }
 
-type Reply = Response<Full<Bytes>>;
-
 fn reply(status: StatusCode, text: String) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = status;
@@ -224,29 +213,9 @@ async fn serve_metrics(
     stats: Arc<QuotaStats>,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    log::warn!("metrics listener: {e}");
-                    continue;
-                }
-            },
-        };
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let r = metrics_reply(&req, &stats);
-                async move { Ok::<_, Infallible>(r) }
-            });
-            let conn =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
-            if let Err(e) = conn.await {
-                log::debug!("metrics connection from {peer}: {e}");
-            }
-        });
-    }
+    crate::http::accept_loop(listener, shutdown, move |req, _peer| {
+        let r = metrics_reply(&req, &stats);
+        async move { r }
+    })
+    .await
 }
