@@ -109,6 +109,12 @@ extern "C" {
         out_data: *mut *mut u8,
         out_size: *mut usize,
     ) -> u32;
+    fn proxy_set_property(
+        path: *const u8,
+        path_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, out_id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
@@ -239,6 +245,12 @@ pub fn send_local_response(
             -1,
         )
     })
+}
+
+/// Sets a one-segment property of the stream (Envoy: filter state `wasm.<key>`).
+pub fn set_property(key: &str, value: &[u8]) -> Result<(), Status> {
+    // SAFETY: pointers and lengths of live slices.
+    check(unsafe { proxy_set_property(key.as_ptr(), key.len(), value.as_ptr(), value.len()) })
 }
 
 pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>, Status> {

@@ -1,7 +1,9 @@
 //! Response side: watch the answer for its real `usage` (and time to first token) without
 //! holding it back, then, once the request is over, reconcile the tenant's charge and count it.
 
-use super::host::{now_ms, response_body, response_header, set_response_header, SharedData};
+use super::host::{
+    now_ms, publish, response_body, response_header, set_response_header, SharedData,
+};
 use super::{Http, Routed, Shared};
 use crate::metrics::{self, Metric};
 use crate::ratelimit::{self, Outcome};
@@ -60,6 +62,25 @@ impl Http {
                 }
             }
             ResponseScan::Json(scanner) => scanner.feed(&response_body(body_size)),
+        }
+        if end_of_stream {
+            self.publish_usage();
+        }
+    }
+
+    /// The real usage for the trace, as soon as the response is complete: a span may end
+    /// before the request's log callback (`finish` scans again; ending a scanner is idempotent).
+    fn publish_usage(&mut self) {
+        let usage = match &mut self.response {
+            ResponseScan::Sse(s) => {
+                s.finish();
+                s.usage
+            }
+            ResponseScan::Json(j) => j.finish(),
+            ResponseScan::None => None,
+        };
+        if let Some(u) = usage {
+            publish(&crate::trace::usage(&u));
         }
     }
 
