@@ -1,6 +1,6 @@
 //! Command line: `llm-router-extproc --wasm FILE --plugin-config FILE [--grpc-addr ADDR]
 //! [--health-addr ADDR] [--metrics-addr ADDR] [--plaintext | --tls-cert F --tls-key F]
-//! [--workers N] [--env NAME]... [--fail-open] [--drain-seconds N]`.
+//! [--workers N] [--env NAME]... [--fail-open] [--drain-seconds N] [--otlp-endpoint URL]`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 pub const USAGE: &str = "usage: llm-router-extproc --wasm FILE --plugin-config FILE \
 [--grpc-addr ADDR] [--health-addr ADDR] [--metrics-addr ADDR] \
 [--plaintext | --tls-cert FILE --tls-key FILE] [--workers N] [--env NAME]... \
-[--fail-open] [--drain-seconds N] [--memory-limit-mb N]";
+[--fail-open] [--drain-seconds N] [--memory-limit-mb N] [--otlp-endpoint URL]";
 
 /// How the gRPC listeners speak.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +39,9 @@ pub struct Options {
     /// How long open streams may run after SIGTERM.
     pub drain_seconds: u64,
     pub memory_limit_mb: usize,
+    /// OTLP/gRPC collector for spans (`http://host:4317`); without it (and without
+    /// OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT) the server emits no spans.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A command-line problem; the message names the flag.
@@ -107,6 +110,22 @@ fn env_name(value: &str) -> Result<String, CliError> {
     }
 }
 
+fn otlp_endpoint(value: &str) -> Result<String, CliError> {
+    let rest = value
+        .strip_prefix("http://")
+        .or_else(|| value.strip_prefix("https://"))
+        .unwrap_or(value);
+    let host_port = rest.trim_end_matches('/');
+    if host_port.is_empty() || host_port.contains(['/', ' ']) || !host_port.contains(':') {
+        return Err(CliError::Invalid {
+            flag: "--otlp-endpoint".into(),
+            value: value.to_string(),
+            why: "expected a collector address such as http://127.0.0.1:4317".into(),
+        });
+    }
+    Ok(value.trim_end_matches('/').to_string())
+}
+
 /// Parses the arguments after the program name.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliError> {
     let mut args = args.into_iter();
@@ -123,6 +142,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliErro
         fail_open: false,
         drain_seconds: 30,
         memory_limit_mb: 256,
+        otlp_endpoint: None,
     };
     let mut plaintext = false;
     while let Some(arg) = args.next() {
@@ -159,6 +179,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliErro
                 opts.memory_limit_mb = number(&flag, &value, 16, 65536)? as usize
             }
             "--env" => opts.env.push(env_name(&value)?),
+            "--otlp-endpoint" => opts.otlp_endpoint = Some(otlp_endpoint(&value)?),
             _ => return Err(CliError::Unknown(arg)),
         }
     }

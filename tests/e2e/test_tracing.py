@@ -239,3 +239,24 @@ def test_trace_context_passes_through_untouched(traced, mocks):
     seen = r.json()["mock"]["headers"]
     assert seen["traceparent"].split("-")[1] == trace_id
     assert seen.get("tracestate") == "vendor=kept"
+
+
+def test_tracing_configs_are_generated_from_envoy_yaml():
+    """The committed tracing configs are scripts/gen-tracing-configs.py's output: envoy.yaml plus
+    a tracing block and the collector's cluster, nothing else."""
+    r = subprocess.run([sys.executable, str(harness.REPO_ROOT / "scripts" / "gen-tracing-configs.py"),
+                        "--check"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    import yaml
+    base = yaml.safe_load(harness.DEFAULT_CONFIG.read_text())
+    for name, provider, cluster in (("envoy-otel.yaml", "envoy.tracers.opentelemetry", "otel_collector"),
+                                    ("envoy-otel-1.36.yaml", "envoy.tracers.opentelemetry", "otel_collector"),
+                                    ("envoy-datadog.yaml", "envoy.tracers.datadog", "datadog_agent")):
+        cfg = yaml.safe_load((harness.REPO_ROOT / "envoy-config" / name).read_text())
+        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        tracing = hcm.pop("tracing")
+        assert tracing["provider"]["name"] == provider
+        assert len(tracing["custom_tags"]) >= 4
+        added = cfg["static_resources"]["clusters"].pop()
+        assert added["name"] == cluster
+        assert cfg == base, name

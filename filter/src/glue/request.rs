@@ -269,17 +269,20 @@ fn pick_endpoint(
         picker::Outcome::NotInSubset => {
             publish(&trace::endpoint(None, trace::ENDPOINT_NOT_IN_SUBSET));
             Some(LocalReply::error(
-            503,
-            "server_error",
-            "no_eligible_endpoint",
-            "No model server the gateway allows for this request can take it.",
+                503,
+                "server_error",
+                "no_eligible_endpoint",
+                "No model server the gateway allows for this request can take it.",
             ))
         }
         picker::Outcome::Fallback(why) => {
             let why = why as u16;
             sh.stats.inc(Metric::EndpointFallback, &[routed.tier, why]);
             let reason = metrics::FALLBACK_REASON.get(usize::from(why));
-            publish(&trace::endpoint(None, reason.copied().unwrap_or(metrics::OTHER)));
+            publish(&trace::endpoint(
+                None,
+                reason.copied().unwrap_or(metrics::OTHER),
+            ));
             None
         }
     }

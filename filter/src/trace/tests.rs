@@ -12,14 +12,24 @@ const CFG: &str = r#"{
 
 fn decide(body: &str) -> (Config, Forward) {
     let cfg = Config::parse(CFG.as_bytes()).unwrap();
-    match plan(&cfg, "/v1/chat/completions", &Vec::new(), Ok(body.as_bytes()), 0, 0) {
+    match plan(
+        &cfg,
+        "/v1/chat/completions",
+        &Vec::new(),
+        Ok(body.as_bytes()),
+        0,
+        0,
+    ) {
         Plan::Forward(f) => (cfg, f),
         Plan::Reject(_, r) => panic!("rejected: {r:?}"),
     }
 }
 
 fn get<'a>(facts: &'a Facts, k: &str) -> Option<&'a str> {
-    facts.iter().find(|(key, _)| *key == k).map(|(_, v)| v.as_str())
+    facts
+        .iter()
+        .find(|(key, _)| *key == k)
+        .map(|(_, v)| v.as_str())
 }
 
 #[test]
@@ -31,7 +41,13 @@ fn a_rule_decision_names_tier_rule_model_and_estimate() {
     assert_eq!(get(&f, key::RULE), Some("0"));
     assert_eq!(get(&f, key::MODEL), Some("llama-70b"));
     assert_eq!(get(&f, key::STREAM), Some("false"));
-    assert!(get(&f, key::PROMPT_ESTIMATE).unwrap().parse::<u64>().unwrap() > 0);
+    assert!(
+        get(&f, key::PROMPT_ESTIMATE)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
     assert_eq!(get(&f, key::SPLIT), None);
 }
 
@@ -107,5 +123,9 @@ fn the_envoy_config_generator_maps_every_attribute_like_the_filter() {
         assert!(generator.contains(&line), "generator lacks {line}");
     }
     let mapped = generator.matches("\", \"llm_router.").count();
-    assert_eq!(mapped, ATTRIBUTES.len(), "the generator maps other properties");
+    assert_eq!(
+        mapped,
+        ATTRIBUTES.len(),
+        "the generator maps other properties"
+    );
 }
