@@ -108,3 +108,45 @@ fn no_parent_starts_a_trace_and_an_unsampled_parent_gets_no_span() {
     let unsampled = traceparent(format!("00-{TRACE}-{SPAN}-00").as_bytes());
     assert_eq!(span(unsampled, || 7, 0, 1, &[], None), None);
 }
+
+/// xorshift64*: deterministic pseudo-random inputs.
+fn rng(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed.max(1);
+    move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[test]
+fn any_bytes_parse_without_panicking_and_valid_ids_round_trip() {
+    let mut next = rng(42);
+    let alphabet = b"0123456789abcdefABCDEF-_ \t\xff\x00";
+    for i in 0..20_000u64 {
+        let len = (next() % 80) as usize;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                if i.is_multiple_of(2) {
+                    alphabet[(next() % alphabet.len() as u64) as usize]
+                } else {
+                    next() as u8
+                }
+            })
+            .collect();
+        let _ = traceparent(&bytes);
+        let _ = datadog(&bytes, &bytes, Some(&bytes));
+        let _ = parent_in(&vec![(b"traceparent".to_vec(), bytes)]);
+    }
+    for _ in 0..2_000 {
+        let (t, s) = ((next() as u128) << 64 | next() as u128 | 1, next() | 1);
+        let sampled = next().is_multiple_of(2);
+        let v = format!("00-{t:032x}-{s:016x}-{:02x}", u8::from(sampled));
+        let p = traceparent(v.as_bytes()).unwrap();
+        assert_eq!(
+            (p.trace_id, p.span_id, p.sampled),
+            (t.to_be_bytes(), s.to_be_bytes(), sampled)
+        );
+    }
+}
