@@ -11,6 +11,7 @@ attribute anywhere holds the raw tenant id.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import subprocess
@@ -260,3 +261,75 @@ def test_tracing_configs_are_generated_from_envoy_yaml():
         added = cfg["static_resources"]["clusters"].pop()
         assert added["name"] == cluster
         assert cfg == base, name
+
+
+def test_datadog_tracer_sends_the_decision_to_the_agent(envoy_bin, mocks):
+    """envoy-config/envoy-datadog.yaml: Envoy's Datadog tracer sends the request's span to the
+    agent (an HTTP listener of this test standing in for its trace intake). The span's tags are
+    msgpack strings in the payload: the decision is there, the raw tenant id is not. On Envoy
+    1.36 the tags are the header tags of envoy-otel-1.36.yaml (its custom tags cannot read
+    filter state)."""
+    import http.server
+    import threading
+    import yaml
+
+    bodies: list[bytes] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _take(self):
+            if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+                body = b""
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    chunk = self.rfile.read(size + 2)[:size]  # data and its CRLF
+                    if size == 0:
+                        break
+                    body += chunk
+            else:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            if self.path.startswith("/v0.4/traces"):
+                bodies.append(body)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"rate_by_service":{}}')
+
+        do_PUT = do_POST = _take
+
+        def log_message(self, *a):
+            pass
+
+    agent = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=agent.serve_forever, daemon=True).start()
+    try:
+        minor = envoy_minor()
+        cfg = yaml.safe_load((harness.REPO_ROOT / "envoy-config" / "envoy-datadog.yaml").read_text())
+        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        if minor < 37:
+            old = yaml.safe_load((harness.REPO_ROOT / "envoy-config" / "envoy-otel-1.36.yaml").read_text())
+            old_hcm = old["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            hcm["tracing"]["custom_tags"] = old_hcm["tracing"]["custom_tags"]
+        (dd,) = [c for c in cfg["static_resources"]["clusters"] if c["name"] == "datadog_agent"]
+        sa = dd["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+        sa["port_value"] = agent.server_address[1]
+        path = harness.write_config(json.dumps(cfg), "tracing-envoy-datadog.json")
+        with harness.start_envoy(path, env=ENV):
+            r = post_json(CHAT, chat_body("to datadog", max_tokens=2),
+                          {"x-tenant-id": RAW_TENANT,
+                           "x-datadog-trace-id": "1234567890123", "x-datadog-parent-id": "42"})
+            assert r.status == 200, r
+            want = [b"llm_router.tier", b"small", b"gen_ai.request.model", SMALL.encode()]
+            if minor >= 37:
+                want += [b"llm_router.rule", b"default", b"llm_router.tenant",
+                         b"gen_ai.usage.output_tokens"]
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not all(w in b"".join(bodies) for w in want):
+                time.sleep(0.2)
+            payload = b"".join(bodies)
+            missing = [w for w in want if w not in payload]
+            assert not missing, f"not in the agent's payloads ({len(bodies)}): {missing}"
+            assert RAW_TENANT.encode() not in payload
+            # The client's Datadog trace id (1234567890123) is the span's trace id (msgpack uint64).
+            assert (1234567890123).to_bytes(8, "big") in payload
+    finally:
+        agent.shutdown()

@@ -46,7 +46,7 @@ impl Http {
         let roll = random_u64();
         let mut fwd = match plan::plan(&sh.cfg, &self.path, &headers, body, known, roll) {
             Plan::Reject(why, reply) => {
-                publish(&trace::rejected(&self.path, &reply));
+                publish(&trace::rejected(&self.path));
                 sh.stats
                     .inc(Metric::InvalidBody, &[metrics::invalid_reason(why)]);
                 // Counted in llm_router_requests_total{status="local"} under the default tier

@@ -106,11 +106,10 @@ pub fn routed(cfg: &Config, path: &str, fwd: &Forward) -> Facts {
     out
 }
 
-/// A body refused before any decision (400/413): the operation and the reply.
-pub fn rejected(path: &str, reply: &LocalReply) -> Facts {
-    let mut out: Facts = vec![(key::OPERATION, operation(path).to_string())];
-    out.extend(local_reply(reply));
-    out
+/// A body refused before any decision (400/413): the operation (the reply is published as
+/// every local reply is, `local_reply`).
+pub fn rejected(path: &str) -> Facts {
+    vec![(key::OPERATION, operation(path).to_string())]
 }
 
 /// `llm_router.local_reply`: the reply's bounded error code (`rate_limit_exceeded`,

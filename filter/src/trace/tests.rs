@@ -84,7 +84,7 @@ fn replies_publish_their_code_and_a_bodyless_reply_nothing() {
         code: "",
     };
     assert!(local_reply(&empty).is_empty());
-    let rej = rejected("/v1/completions", &r);
+    let rej = rejected("/v1/completions");
     assert_eq!(get(&rej, key::OPERATION), Some("text_completion"));
 }
 
