@@ -312,11 +312,16 @@ def test_datadog_tracer_sends_the_decision_to_the_agent(envoy_bin, mocks):
         (dd,) = [c for c in cfg["static_resources"]["clusters"] if c["name"] == "datadog_agent"]
         sa = dd["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
         sa["port_value"] = agent.server_address[1]
+        # Free ports: the module's OpenTelemetry gateway may be running on the shipped ones.
+        listener, admin = harness.free_port(), harness.free_port()
+        cfg["admin"]["address"]["socket_address"]["port_value"] = admin
+        cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = listener
         path = harness.write_config(json.dumps(cfg), "tracing-envoy-datadog.json")
         with harness.start_envoy(path, env=ENV):
             r = post_json(CHAT, chat_body("to datadog", max_tokens=2),
                           {"x-tenant-id": RAW_TENANT,
-                           "x-datadog-trace-id": "1234567890123", "x-datadog-parent-id": "42"})
+                           "x-datadog-trace-id": "1234567890123", "x-datadog-parent-id": "42"},
+                          port=listener)
             assert r.status == 200, r
             want = [b"llm_router.tier", b"small", b"gen_ai.request.model", SMALL.encode()]
             if minor >= 37:
