@@ -17,6 +17,7 @@ setup: ## Install what builds and tests need (wasm toolchain, Envoy, Python test
 	@scripts/envoy-bin.sh >/dev/null
 	@scripts/setup-python.sh
 	@scripts/setup-k8s-schemas.sh
+	@scripts/redis-bin.sh >/dev/null
 	@for v in $(ENVOY_VERSIONS); do ENVOY_VERSION=$$v scripts/envoy-bin.sh >/dev/null || exit 1; done
 
 build: ## Build the filter: dist/llm_router.wasm
@@ -36,8 +37,9 @@ test-wasm-unit: ## The filter's unit tests compiled to wasm32-wasip1 and run und
 test-host-sim: $(WASM) ## Scenarios on the real .wasm in host-sim, and the production host engine
 	cargo test -p host-sim -p llm-router-host --release
 
-test-extproc: $(WASM) ## The ext_proc server: protocol, gRPC, health, TLS, reload, drain, and the real .wasm behind it
-	cargo test -p llm-router-extproc --release
+test-extproc: $(WASM) ## The ext_proc server (protocol, gRPC, health, TLS, reload, drain, the real .wasm) and the quota service (against a real redis-server)
+	@# The quota tests start their own redis-server; redis-bin.sh installs Debian's if missing.
+	r=$$(scripts/redis-bin.sh) && REDIS_SERVER=$$r cargo test -p llm-router-extproc --release
 
 .PHONY: fuzz
 fuzz: $(WASM) ## Long fuzzing: filter property tests (LLM_ROUTER_FUZZ_ITERS) and the .wasm in host-sim (FUZZ_SECONDS, default 600; FUZZ_SEED=N)

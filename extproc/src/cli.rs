@@ -1,6 +1,7 @@
 //! Command line: `llm-router-extproc --wasm FILE --plugin-config FILE [--grpc-addr ADDR]
 //! [--health-addr ADDR] [--metrics-addr ADDR] [--plaintext | --tls-cert F --tls-key F]
-//! [--workers N] [--env NAME]... [--fail-open] [--drain-seconds N] [--otlp-endpoint URL]`.
+//! [--workers N] [--env NAME]... [--fail-open] [--drain-seconds N] [--memory-limit-mb N]
+//! [--grpc-cluster NAME=URL]... [--otlp-endpoint URL]`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,7 +10,19 @@ use std::path::PathBuf;
 pub const USAGE: &str = "usage: llm-router-extproc --wasm FILE --plugin-config FILE \
 [--grpc-addr ADDR] [--health-addr ADDR] [--metrics-addr ADDR] \
 [--plaintext | --tls-cert FILE --tls-key FILE] [--workers N] [--env NAME]... \
-[--fail-open] [--drain-seconds N] [--memory-limit-mb N] [--otlp-endpoint URL]";
+[--fail-open] [--drain-seconds N] [--memory-limit-mb N] [--grpc-cluster NAME=URL]... \
+[--otlp-endpoint URL]
+       llm-router-extproc quota --redis URL [...]   (the global-limits quota service; quota --help)
+
+  --grpc-cluster NAME=URL  the target of the module's gRPC calls (proxy_grpc_call) to upstream
+                           NAME, as an Envoy cluster of that name would be; repeatable, one per
+                           name. URL is http://HOST[:PORT] (plaintext HTTP/2) or
+                           https://HOST[:PORT] (TLS, verified against the system's roots).
+                           Calls to names not given fail in the module as for an unknown
+                           cluster (ParseFailure).
+  --otlp-endpoint URL      export a span per request over OTLP/gRPC to this collector
+                           (http://HOST:PORT); default OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+                           OTEL_EXPORTER_OTLP_ENDPOINT; none: no spans (docs/tracing.md).";
 
 /// How the gRPC listeners speak.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +52,8 @@ pub struct Options {
     /// How long open streams may run after SIGTERM.
     pub drain_seconds: u64,
     pub memory_limit_mb: usize,
+    /// `--grpc-cluster NAME=URL`: targets of the module's gRPC calls.
+    pub grpc_clusters: grpc_call::Clusters,
     /// OTLP/gRPC collector for spans (`http://host:4317`); without it (and without
     /// OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT) the server emits no spans.
     pub otlp_endpoint: Option<String>,
@@ -74,7 +89,7 @@ impl fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
-fn addr(flag: &str, value: &str) -> Result<SocketAddr, CliError> {
+pub(crate) fn addr(flag: &str, value: &str) -> Result<SocketAddr, CliError> {
     value.parse().map_err(|_| CliError::Invalid {
         flag: flag.to_string(),
         value: value.to_string(),
@@ -82,7 +97,7 @@ fn addr(flag: &str, value: &str) -> Result<SocketAddr, CliError> {
     })
 }
 
-fn number(flag: &str, value: &str, min: u64, max: u64) -> Result<u64, CliError> {
+pub(crate) fn number(flag: &str, value: &str, min: u64, max: u64) -> Result<u64, CliError> {
     match value.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(CliError::Invalid {
@@ -142,6 +157,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliErro
         fail_open: false,
         drain_seconds: 30,
         memory_limit_mb: 256,
+        grpc_clusters: grpc_call::Clusters::default(),
         otlp_endpoint: None,
     };
     let mut plaintext = false;
@@ -179,31 +195,51 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliErro
                 opts.memory_limit_mb = number(&flag, &value, 16, 65536)? as usize
             }
             "--env" => opts.env.push(env_name(&value)?),
+            "--grpc-cluster" => {
+                let invalid = |why: String| CliError::Invalid {
+                    flag: flag.clone(),
+                    value: value.clone(),
+                    why,
+                };
+                let cluster = grpc_call::parse_cluster(&value).map_err(invalid)?;
+                opts.grpc_clusters.add(cluster).map_err(invalid)?;
+            }
             "--otlp-endpoint" => opts.otlp_endpoint = Some(otlp_endpoint(&value)?),
             _ => return Err(CliError::Unknown(arg)),
         }
     }
     opts.wasm = wasm.ok_or(CliError::Missing("--wasm"))?;
     opts.plugin_config = config.ok_or(CliError::Missing("--plugin-config"))?;
-    opts.tls = match (plaintext, cert, key) {
-        (true, None, None) => Tls::Plaintext,
-        (true, _, _) => {
-            return Err(CliError::Conflict(
-                "--plaintext cannot be combined with --tls-cert/--tls-key".into(),
-            ))
-        }
-        (false, Some(cert), Some(key)) => Tls::Files { cert, key },
-        (false, Some(_), None) => return Err(CliError::Missing("--tls-key")),
-        (false, None, Some(_)) => return Err(CliError::Missing("--tls-cert")),
-        (false, None, None) => Tls::SelfSigned,
-    };
-    let addrs = [opts.grpc_addr, opts.health_addr, opts.metrics_addr];
+    opts.tls = tls_choice(plaintext, cert, key)?;
+    distinct_addrs([opts.grpc_addr, opts.health_addr, opts.metrics_addr])?;
+    Ok(opts)
+}
+
+/// `--plaintext` | `--tls-cert F --tls-key F` | neither (a self-signed certificate).
+pub(crate) fn tls_choice(
+    plaintext: bool,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Tls, CliError> {
+    match (plaintext, cert, key) {
+        (true, None, None) => Ok(Tls::Plaintext),
+        (true, _, _) => Err(CliError::Conflict(
+            "--plaintext cannot be combined with --tls-cert/--tls-key".into(),
+        )),
+        (false, Some(cert), Some(key)) => Ok(Tls::Files { cert, key }),
+        (false, Some(_), None) => Err(CliError::Missing("--tls-key")),
+        (false, None, Some(_)) => Err(CliError::Missing("--tls-cert")),
+        (false, None, None) => Ok(Tls::SelfSigned),
+    }
+}
+
+pub(crate) fn distinct_addrs(addrs: [SocketAddr; 3]) -> Result<(), CliError> {
     if addrs[0] == addrs[1] || addrs[0] == addrs[2] || addrs[1] == addrs[2] {
         return Err(CliError::Conflict(
             "--grpc-addr, --health-addr and --metrics-addr must differ".into(),
         ));
     }
-    Ok(opts)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -66,3 +66,35 @@ fn errors_name_the_flag() {
         }
     }
 }
+
+#[test]
+fn grpc_clusters_are_repeatable_and_validated() {
+    let o = run(
+        "--wasm m --plugin-config p --grpc-cluster quota=http://127.0.0.1:9100 \
+                 --grpc-cluster=backup=https://quota.example:443",
+    )
+    .unwrap_or_else(|e| unreachable!("{e}"));
+    assert_eq!(o.grpc_clusters.names(), ["backup", "quota"]);
+    assert_eq!(
+        o.grpc_clusters
+            .get("backup")
+            .map(|c| (c.url.as_str(), c.tls())),
+        Some(("https://quota.example:443", true))
+    );
+    assert!(run("--wasm m --plugin-config p").is_ok_and(|o| o.grpc_clusters.is_empty()));
+    for bad in [
+        "--grpc-cluster quota",
+        "--grpc-cluster quota=ftp://x:1",
+        "--grpc-cluster quota=http://x:1/path",
+        "--grpc-cluster q=http://x:1 --grpc-cluster q=http://y:2",
+    ] {
+        match run(&format!("--wasm m --plugin-config p {bad}")) {
+            Ok(o) => unreachable!("{bad} was accepted: {o:?}"),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.starts_with("--grpc-cluster \""), "{bad}: {e}");
+            }
+        }
+    }
+    assert!(USAGE.contains("--grpc-cluster NAME=URL"));
+}

@@ -105,4 +105,7 @@ pub struct EngineSettings {
     pub workers: usize,
     pub memory_limit_bytes: usize,
     pub fail_open: bool,
+    /// Upstream names of the module's `proxy_grpc_call`s and their targets
+    /// (`--grpc-cluster NAME=URL`); calls to other names fail as for an unknown cluster.
+    pub grpc_clusters: grpc_call::Clusters,
 }

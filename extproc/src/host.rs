@@ -1,7 +1,10 @@
 //! The production engine: the `host_engine` crate (package `llm-router-host`) adapted to the
 //! server's [`FilterEngine`] seam. This file is the one place the server depends on it.
 
-use host_engine::{Engine, EngineOptions};
+use std::sync::Arc;
+
+use grpc_call::GrpcClient;
+use host_engine::{Engine, EngineOptions, GrpcTransportRef};
 
 use crate::engine::{
     EngineError, EngineSettings, EngineStats, FilterEngine, FilterStream, Headers, Step,
@@ -103,9 +106,17 @@ impl FilterEngine for ProductionEngine {
     }
 }
 
-/// Compiles the module and starts one VM per worker.
+/// Compiles the module and starts one VM per worker. Called on the server's tokio runtime (a
+/// blocking thread of it): the module's gRPC calls run on that runtime.
 pub fn start(settings: EngineSettings) -> Result<ProductionEngine, EngineError> {
+    let grpc = if settings.grpc_clusters.is_empty() {
+        None
+    } else {
+        let client = GrpcClient::on_current_runtime(settings.grpc_clusters).map_err(EngineError)?;
+        Some(GrpcTransportRef(Arc::new(client)))
+    };
     Engine::start(EngineOptions {
+        grpc,
         wasm: settings.wasm,
         plugin_config: settings.plugin_config,
         env: settings.env,

@@ -11,6 +11,7 @@ pub mod messages;
 pub mod otlp;
 pub mod props;
 pub mod protocol;
+pub mod quota;
 pub mod reload;
 pub mod server;
 pub mod service;

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use llm_router_extproc::cli::{self, CliError, Options};
 use llm_router_extproc::engine::EngineSettings;
+use llm_router_extproc::quota::{
+    self, cli::QuotaOptions, script::Store, server::QuotaBound, server::QuotaServe,
+};
 use llm_router_extproc::server::{Bound, ServeOptions};
 use llm_router_extproc::{host, logger, tls};
 
@@ -64,6 +67,7 @@ async fn run(opts: Options) -> Result<(), String> {
         workers: opts.workers,
         memory_limit_bytes: opts.memory_limit_mb * 1024 * 1024,
         fail_open: opts.fail_open,
+        grpc_clusters: opts.grpc_clusters.clone(),
     };
     let bound = Bound::bind(ServeOptions {
         grpc_addr: opts.grpc_addr,
@@ -84,9 +88,90 @@ async fn run(opts: Options) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+async fn run_quota(opts: QuotaOptions) -> Result<(), String> {
+    let limits = match &opts.plugin_config {
+        Some(path) => {
+            let json = read("--plugin-config", path)?;
+            let limits = quota::config::parse(&json)
+                .map_err(|e| format!("--plugin-config {}: {e}", path.display()))?;
+            Some(limits)
+        }
+        None => {
+            log::warn!("no --plugin-config: ShouldRateLimit answers FAILED_PRECONDITION");
+            None
+        }
+    };
+    let tls = tls::material(&opts.tls).map_err(|e| e.to_string())?;
+    let store = Store::new(&opts.redis, opts.redis_timeout)?;
+    let bound = QuotaBound::bind(opts.grpc_addr, opts.health_addr, opts.metrics_addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    log::info!(
+        "quota service on {} (health {}, metrics {}), Redis {}",
+        opts.grpc_addr,
+        opts.health_addr,
+        opts.metrics_addr,
+        opts.redis
+    );
+    let serve = QuotaServe {
+        store,
+        limits,
+        tls,
+        drain: Duration::from_secs(5),
+    };
+    bound
+        .run(serve, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("llm-router-extproc: tokio runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn finish(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llm-router-extproc: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn quota_main(args: impl Iterator<Item = String>) -> ExitCode {
+    let opts = match quota::cli::parse(args) {
+        Ok(o) => o,
+        Err(CliError::Help) => {
+            use std::io::Write as _;
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = writeln!(std::io::stdout(), "{}", quota::cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("llm-router-extproc quota: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime() {
+        Ok(rt) => finish(rt.block_on(run_quota(opts))),
+        Err(code) => code,
+    }
+}
+
 fn main() -> ExitCode {
     logger::init();
-    let opts = match cli::parse(std::env::args().skip(1)) {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("quota") {
+        return quota_main(args.skip(1));
+    }
+    let opts = match cli::parse(args) {
         Ok(o) => o,
         Err(CliError::Help) => {
             println!("{}", cli::USAGE);
@@ -97,21 +182,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("llm-router-extproc: tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(opts)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("llm-router-extproc: {e}");
-            ExitCode::FAILURE
-        }
+    match runtime() {
+        Ok(rt) => finish(rt.block_on(run(opts))),
+        Err(code) => code,
     }
 }

@@ -69,6 +69,7 @@ async fn start_real(name: &str) -> Running {
         workers: 2,
         memory_limit_bytes: 256 << 20,
         fail_open: false,
+        grpc_clusters: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! A set of VMs of one module sharing one [`Shared`]: starting and configuring them, calling
 //! the guest (a trap fails the VM and is recorded), the work Envoy does after a guest call
-//! (local replies, continuations, queue notifications, gRPC closes), timers and http calls.
+//! (local replies, continuations, queue notifications, gRPC stream closes), timers, http calls
+//! and gRPC calls.
 //!
 //! The simulated host (host-sim) keeps every worker's VM in one `Core`, on one thread; the
 //! production [`crate::Engine`] gives each worker thread a `Core` holding that worker's VM only.
@@ -11,7 +12,7 @@ use anyhow::{anyhow, bail, Result};
 use crate::abi::{LogLevel, ROOT_CONTEXT_ID};
 use crate::hostcalls;
 use crate::state::{lock, CallResponse, Dir, SharedRef, StreamState};
-use crate::types::{Headers, LogLine, StreamKey, TrapRecord};
+use crate::types::{grpc_code, GrpcAnswer, GrpcCallInfo, Headers, LogLine, StreamKey, TrapRecord};
 use crate::vm::{describe, Vm, VmFactory};
 
 /// The error when `proxy_on_configure` (or `proxy_on_vm_start`) returns false: the worker and
@@ -37,11 +38,13 @@ impl std::fmt::Display for ConfigureError {
 
 impl std::error::Error for ConfigureError {}
 
-/// A timer that is due: a tick of a worker's root context, or an http call's timeout.
+/// A timer that is due: a tick of a worker's root context, an http call's or a gRPC call's
+/// timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timer {
     Tick,
     HttpTimeout(u32),
+    GrpcTimeout(u32),
 }
 
 /// Work the host owes the guest after a call returns (Envoy runs these after the VM call).
@@ -246,16 +249,8 @@ impl Core {
     fn do_work(&mut self, work: Work) -> Result<()> {
         match work {
             Work::GrpcClose(w, ctx, token) => {
-                if let Some(vm) = self.vm_mut(w) {
-                    vm.store.data_mut().grpc_status =
-                        Some((12, "gRPC is not implemented by this host".to_string()));
-                }
-                let args = [ctx as i64, token as i64, 12];
-                let r = self.call(w, ctx, "proxy_on_grpc_close", &args);
-                if let Some(vm) = self.vm_mut(w) {
-                    vm.store.data_mut().grpc_status = None;
-                }
-                r.map(|_| ())
+                let message = "gRPC streams are not implemented by this host";
+                self.grpc_close(w, ctx, token, grpc_code::UNIMPLEMENTED, message)
             }
             Work::QueueReady(w, ctx, token) => {
                 if self.vm(w).is_some_and(|vm| vm.failed.is_none()) {
@@ -291,6 +286,13 @@ impl Core {
                     }
                 }
             }
+            for (token, call) in &d.grpc_calls {
+                if let Some(t) = call.deadline_ms {
+                    if t <= target_ms && next.is_none_or(|n| t < n.0) {
+                        next = Some((t, vm.worker, Timer::GrpcTimeout(*token)));
+                    }
+                }
+            }
         }
         next
     }
@@ -308,6 +310,10 @@ impl Core {
             }
             Timer::HttpTimeout(token) => {
                 let _ = self.answer_http_call(w, token, None);
+            }
+            Timer::GrpcTimeout(token) => {
+                let timeout = GrpcAnswer::err(grpc_code::DEADLINE_EXCEEDED, "deadline exceeded");
+                let _ = self.answer_grpc_call(w, token, timeout);
             }
         }
         self.settle();
@@ -355,6 +361,113 @@ impl Core {
             body: body.to_vec(),
             trailers: Headers::new(),
         }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // gRPC calls
+
+    /// Outstanding `proxy_grpc_call`s on every VM of this Core (cancelled ones are gone).
+    pub fn pending_grpc_calls(&self) -> Vec<GrpcCallInfo> {
+        self.vms
+            .iter()
+            .flat_map(|vm| vm.store.data().grpc_calls.values().map(|c| c.info.clone()))
+            .collect()
+    }
+
+    /// Outstanding calls not handed to a transport yet; marks them handed over. A host that
+    /// performs calls for real takes them after every guest call and answers each with
+    /// [`Core::answer_grpc_call`] (which ignores calls cancelled meanwhile).
+    pub fn take_new_grpc_calls(&mut self) -> Vec<GrpcCallInfo> {
+        let mut out = Vec::new();
+        for vm in self.vms.iter_mut() {
+            if vm.failed.is_some() {
+                continue;
+            }
+            for call in vm.store.data_mut().grpc_calls.values_mut() {
+                if !call.dispatched {
+                    call.dispatched = true;
+                    out.push(call.info.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether context `ctx` of worker `w` has gRPC calls outstanding.
+    pub fn has_grpc_calls(&self, w: usize, ctx: u32) -> bool {
+        self.vm(w).is_some_and(|vm| {
+            vm.store
+                .data()
+                .grpc_calls
+                .values()
+                .any(|c| c.info.context_id == ctx)
+        })
+    }
+
+    /// Delivers the answer of gRPC call `token` of worker `w` to the context that made it, as
+    /// Envoy does for a unary call: `Ok` runs `proxy_on_grpc_receive(ctx, token, len)` with the
+    /// message in the GrpcReceiveBuffer; `Err` runs `proxy_on_grpc_close(ctx, token, code)` with
+    /// `proxy_get_status` giving code and message. Then the work the guest caused runs
+    /// (continuing a paused stream...). An error when the call is not outstanding (answered,
+    /// cancelled, its context gone) or the callback trapped (recorded; a stream context gets
+    /// the trap too).
+    pub fn answer_grpc_call(&mut self, w: usize, token: u32, answer: GrpcAnswer) -> Result<()> {
+        let vm = self.vm_mut(w).ok_or_else(|| anyhow!("no worker {w}"))?;
+        if vm.failed.is_some() {
+            bail!("worker {w} failed earlier");
+        }
+        let call = vm
+            .store
+            .data_mut()
+            .grpc_calls
+            .remove(&token)
+            .ok_or_else(|| anyhow!("worker {w} has no pending gRPC call {token}"))?;
+        let ctx = call.info.context_id;
+        let r = match answer {
+            GrpcAnswer::Ok(message) => {
+                let args = [ctx as i64, token as i64, message.len() as i64];
+                vm.store.data_mut().grpc_receive = Some(message);
+                let r = self.call(w, ctx, "proxy_on_grpc_receive", &args);
+                if let Some(vm) = self.vm_mut(w) {
+                    vm.store.data_mut().grpc_receive = None;
+                }
+                r.map(|_| ())
+            }
+            GrpcAnswer::Err { code, message } => self.grpc_close(w, ctx, token, code, &message),
+        };
+        if let Err(e) = &r {
+            self.set_access(
+                StreamKey {
+                    worker: w,
+                    context: ctx,
+                },
+                |s| {
+                    s.trap.get_or_insert_with(|| format!("{e:#}"));
+                },
+            );
+        }
+        self.settle();
+        r
+    }
+
+    /// `proxy_on_grpc_close` with `proxy_get_status` answering (code, message) meanwhile.
+    fn grpc_close(
+        &mut self,
+        w: usize,
+        ctx: u32,
+        token: u32,
+        code: u32,
+        message: &str,
+    ) -> Result<()> {
+        if let Some(vm) = self.vm_mut(w) {
+            vm.store.data_mut().grpc_status = Some((code, message.to_string()));
+        }
+        let args = [ctx as i64, token as i64, code as i64];
+        let r = self.call(w, ctx, "proxy_on_grpc_close", &args);
+        if let Some(vm) = self.vm_mut(w) {
+            vm.store.data_mut().grpc_status = None;
+        }
+        r.map(|_| ())
     }
 
     /// Enqueues onto a registered shared queue of this vm_id; the notification is delivered
@@ -412,8 +525,9 @@ impl Core {
         if let Some(vm) = self.vm_mut(k.worker) {
             let d = vm.store.data_mut();
             d.streams.remove(&k.context);
-            // Envoy cancels a stream's outstanding http calls when the stream goes away.
+            // Envoy cancels a stream's outstanding http and gRPC calls when the stream goes away.
             d.http_calls.retain(|_, c| c.info.context_id != k.context);
+            d.grpc_calls.retain(|_, c| c.info.context_id != k.context);
         }
     }
 

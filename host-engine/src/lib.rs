@@ -8,12 +8,18 @@
 //! - [`Core`] with the filter-manager rules ([`manager`]): the layer host-sim drives on one
 //!   thread with a simulated clock and seeded randomness, for deterministic tests.
 //!
+//! gRPC calls (`proxy_grpc_call`): [`Core`] records them and delivers answers
+//! ([`Core::take_new_grpc_calls`], [`Core::answer_grpc_call`]); the [`Engine`] hands them to a
+//! [`GrpcTransport`] (the `llm-router-grpc` crate's client; this crate has no async runtime).
+//! See docs/grpc-calls.md.
+//!
 //! Layers, bottom up: [`abi`], [`types`], [`metrics`] -> [`state`] -> `hostcalls` -> [`vm`] ->
 //! [`core`] + [`manager`] -> [`engine`].
 
 pub mod abi;
 pub mod core;
 pub mod engine;
+pub mod grpc_upstream;
 mod hostcalls;
 pub mod manager;
 pub mod meter;
@@ -25,11 +31,12 @@ pub mod vm;
 pub use crate::core::{ConfigureError, Core, Timer};
 pub use abi::{LogLevel, Status};
 pub use engine::{
-    Engine, EngineError, EngineOptions, EngineStats, HeaderPairs, Step, Stream, StreamProps,
+    Engine, EngineError, EngineOptions, EngineStats, GrpcReply, GrpcTransport, GrpcTransportRef,
+    HeaderPairs, Step, Stream, StreamProps,
 };
 pub use hostcalls::ProcExit;
 pub use metrics::{Metric, MetricKind};
 pub use types::{
-    ChunkOutcome, ForeignCall, Headers, HttpCallInfo, LocalReply, LogLine, PropValue, StreamKey,
-    TrapRecord,
+    grpc_code, grpc_limits, ChunkOutcome, ForeignCall, GrpcAnswer, GrpcCallInfo, Headers,
+    HttpCallInfo, LocalReply, LogLine, PropValue, StreamKey, TrapRecord,
 };

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::abi::LogLevel;
 use crate::metrics::{MetricKind, MetricStore};
 use crate::types::{
-    ForeignCall, Headers, HttpCallInfo, LocalReply, LogLine, PropValue, TrapRecord,
+    ForeignCall, GrpcCallInfo, Headers, HttpCallInfo, LocalReply, LogLine, PropValue, TrapRecord,
 };
 
 /// Randomness for `random_get`: SplitMix64 from a seed (deterministic, for tests) or the
@@ -113,6 +113,10 @@ pub struct Shared {
     pub properties: HashMap<Vec<u8>, PropValue>,
     /// When set, `proxy_http_call` to other clusters fails with BadArgument.
     pub known_clusters: Option<Vec<String>>,
+    /// When set, `proxy_grpc_call` to other upstreams fails with ParseFailure (what Envoy
+    /// returns for an unknown cluster name). None: every name is accepted (host-sim answers
+    /// calls by hand).
+    pub grpc_clusters: Option<Vec<String>>,
     pub echo_logs: bool,
 }
 
@@ -143,6 +147,7 @@ impl Shared {
             traps: Vec::new(),
             properties: HashMap::new(),
             known_clusters: None,
+            grpc_clusters: None,
             echo_logs: false,
         }
     }
@@ -314,6 +319,16 @@ pub struct PendingCall {
     pub deadline_ms: Option<u64>,
 }
 
+/// An outstanding `proxy_grpc_call`.
+#[derive(Debug)]
+pub struct PendingGrpc {
+    pub info: GrpcCallInfo,
+    /// Clock (ms since host start) at which the call fails with DEADLINE_EXCEEDED.
+    pub deadline_ms: Option<u64>,
+    /// Handed to a transport already ([`crate::Core::take_new_grpc_calls`]).
+    pub dispatched: bool,
+}
+
 /// Store data of one VM (one worker thread).
 pub struct VmState {
     pub shared: SharedRef,
@@ -336,10 +351,18 @@ pub struct VmState {
     pub next_metric_seq: u32,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
-    /// gRPC calls to close with UNIMPLEMENTED after the current call: (context, token).
+    /// gRPC streams (not supported) to close with UNIMPLEMENTED after the current call:
+    /// (context, token).
     pub grpc_to_close: Vec<(u32, u32)>,
     pub grpc_status: Option<(u32, String)>,
+    /// Next gRPC stream token (even, as Envoy's).
     pub next_grpc_token: u32,
+    /// Next gRPC call token (odd, as Envoy's).
+    pub next_grpc_call_token: u32,
+    /// Outstanding unary gRPC calls by token.
+    pub grpc_calls: BTreeMap<u32, PendingGrpc>,
+    /// The response message while `proxy_on_grpc_receive` runs.
+    pub grpc_receive: Option<Vec<u8>>,
     pub done_called: bool,
     /// Root-context foreign calls (outside any stream).
     pub foreign_calls: Vec<ForeignCall>,
@@ -380,7 +403,10 @@ impl VmState {
             stderr: Vec::new(),
             grpc_to_close: Vec::new(),
             grpc_status: None,
-            next_grpc_token: 1,
+            next_grpc_token: 2,
+            next_grpc_call_token: 1,
+            grpc_calls: BTreeMap::new(),
+            grpc_receive: None,
             done_called: false,
             foreign_calls: Vec::new(),
             limits,

@@ -325,3 +325,62 @@ pub struct ChunkOutcome {
     /// Body bytes the client had received after this chunk.
     pub delivered: usize,
 }
+
+/// An outgoing `proxy_grpc_call` (a unary gRPC call) waiting for its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcCallInfo {
+    pub worker: usize,
+    /// The token the guest got (odd, as Envoy's call tokens).
+    pub token: u32,
+    /// The context that made the call (root or stream); the answer goes to it.
+    pub context_id: u32,
+    /// The `upstream` argument: a cluster name the host maps to a target.
+    pub upstream: String,
+    pub service: String,
+    pub method: String,
+    pub initial_metadata: Headers,
+    /// The serialized request message.
+    pub message: Vec<u8>,
+    /// 0: no timeout.
+    pub timeout_ms: u32,
+}
+
+/// The outcome of a unary gRPC call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcAnswer {
+    /// Status OK with the serialized response message: `proxy_on_grpc_receive` only (Envoy
+    /// calls no `proxy_on_grpc_close` after a successful unary call).
+    Ok(Vec<u8>),
+    /// A non-OK gRPC status: `proxy_on_grpc_close(code)`, `proxy_get_status` gives code and
+    /// message.
+    Err { code: u32, message: String },
+}
+
+impl GrpcAnswer {
+    pub fn err(code: u32, message: impl Into<String>) -> GrpcAnswer {
+        GrpcAnswer::Err {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// gRPC status codes the host produces itself.
+pub mod grpc_code {
+    pub const CANCELLED: u32 = 1;
+    pub const UNKNOWN: u32 = 2;
+    pub const DEADLINE_EXCEEDED: u32 = 4;
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    pub const UNIMPLEMENTED: u32 = 12;
+    pub const INTERNAL: u32 = 13;
+    pub const UNAVAILABLE: u32 = 14;
+}
+
+/// Bounds on what one `proxy_grpc_call` may carry (larger arguments get BadArgument) and on the
+/// calls a VM may have outstanding (more get InternalFailure).
+pub mod grpc_limits {
+    pub const MAX_NAME_BYTES: usize = 1024;
+    pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+    pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+    pub const MAX_PENDING_CALLS: usize = 1024;
+}

@@ -33,6 +33,8 @@ pub struct HostBuilder {
     log_level: LogLevel,
     properties: Vec<(Vec<u8>, PropValue)>,
     known_clusters: Option<Vec<String>>,
+    grpc_upstreams: Option<Vec<String>>,
+    grpc_clusters: Option<grpc_call::Clusters>,
     echo_logs: bool,
     metered: bool,
 }
@@ -56,6 +58,8 @@ impl Default for HostBuilder {
             log_level: LogLevel::Info,
             properties: Vec::new(),
             known_clusters: None,
+            grpc_upstreams: None,
+            grpc_clusters: None,
             echo_logs: false,
             metered: false,
         }
@@ -169,6 +173,22 @@ impl HostBuilder {
         self
     }
 
+    /// Upstream names `proxy_grpc_call` may name (others fail with ParseFailure, as Envoy's
+    /// unknown cluster); the calls wait for the test ([`Host::answer_grpc_call`]). Default:
+    /// any name.
+    pub fn grpc_upstreams(mut self, names: &[&str]) -> Self {
+        self.grpc_upstreams = Some(names.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
+    /// Performs gRPC calls for real (`--grpc-cluster NAME=URL`): only these names are known,
+    /// and each call is made, blocking, on a runtime the host owns, right after the guest
+    /// callback that made it ([`Host::perform_grpc_calls`]).
+    pub fn grpc_clusters(mut self, clusters: grpc_call::Clusters) -> Self {
+        self.grpc_clusters = Some(clusters);
+        self
+    }
+
     /// Also print every guest log line to stderr as it happens.
     pub fn echo_logs(mut self, echo: bool) -> Self {
         self.echo_logs = echo;
@@ -200,6 +220,16 @@ impl HostBuilder {
         shared.log_level = self.log_level;
         shared.properties = self.properties.iter().cloned().collect();
         shared.known_clusters = self.known_clusters.clone();
+        shared.grpc_clusters = match &self.grpc_clusters {
+            Some(c) => Some(c.names()),
+            None => self.grpc_upstreams.clone(),
+        };
+        let grpc = match self.grpc_clusters.clone() {
+            Some(c) => {
+                Some(grpc_call::GrpcClient::with_own_runtime(c).map_err(anyhow::Error::msg)?)
+            }
+            None => None,
+        };
         shared.echo_logs = self.echo_logs;
         let shared: SharedRef = Arc::new(Mutex::new(shared));
         let mut vms = Vec::new();
@@ -220,6 +250,7 @@ impl HostBuilder {
                 allow_on_headers_stop_iteration: self.allow_on_headers_stop_iteration,
                 fail_open: self.fail_open,
             },
+            grpc,
         })
     }
 }

@@ -247,6 +247,7 @@ impl<'h> Exchange<'h> {
         host.core
             .on_data(key, Dir::Request, data.as_ref(), end_of_stream)?;
         host.core.settle();
+        host.perform_grpc_calls();
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use host_engine::abi::ROOT_CONTEXT_ID;
 use host_engine::state::{lock, StreamState};
-use host_engine::{Core, HttpCallInfo, StreamKey};
+use host_engine::{Core, GrpcAnswer, GrpcCallInfo, HttpCallInfo, StreamKey};
 
 pub(crate) fn prop_path(dotted: &str) -> Vec<u8> {
     dotted.replace('.', "\0").into_bytes()
@@ -13,6 +13,8 @@ pub(crate) fn prop_path(dotted: &str) -> Vec<u8> {
 /// A Proxy-Wasm host with several worker VMs of one module.
 pub struct Host {
     pub(crate) core: Core,
+    /// Performs gRPC calls for real ([`crate::HostBuilder::grpc_clusters`]).
+    pub(crate) grpc: Option<grpc_call::GrpcClient>,
 }
 
 impl Host {
@@ -28,6 +30,7 @@ impl Host {
         for w in 0..self.worker_count() {
             self.core.start_worker(w)?;
         }
+        self.perform_grpc_calls();
         Ok(())
     }
 
@@ -88,6 +91,7 @@ impl Host {
                 self.set_now_ms(t);
             }
             self.core.fire_timer(t, w, timer);
+            self.perform_grpc_calls();
         }
         if target > self.now_ms() {
             self.set_now_ms(target);
@@ -131,6 +135,66 @@ impl Host {
         self.core.answer_http_call(worker, token, None)
     }
 
+    /// Outgoing `proxy_grpc_call`s not answered yet (nor cancelled), on every worker.
+    pub fn pending_grpc_calls(&self) -> Vec<GrpcCallInfo> {
+        self.core.pending_grpc_calls()
+    }
+
+    /// Answers a gRPC call as Envoy does: `GrpcAnswer::Ok(message)` runs
+    /// `proxy_on_grpc_receive` on the context that made it, `GrpcAnswer::Err` runs
+    /// `proxy_on_grpc_close` (with `proxy_get_status`); a paused stream continues if the guest
+    /// says so. An error when the call is not pending (answered, cancelled, timed out, its
+    /// stream gone) or the callback trapped (recorded as for any callback).
+    pub fn answer_grpc_call(
+        &mut self,
+        worker: usize,
+        token: u32,
+        answer: GrpcAnswer,
+    ) -> Result<()> {
+        self.core.answer_grpc_call(worker, token, answer)
+    }
+
+    /// [`Host::answer_grpc_call`] with status OK and `message`.
+    pub fn respond_grpc_call(&mut self, worker: usize, token: u32, message: &[u8]) -> Result<()> {
+        self.answer_grpc_call(worker, token, GrpcAnswer::Ok(message.to_vec()))
+    }
+
+    /// [`Host::answer_grpc_call`] with a non-OK status.
+    pub fn fail_grpc_call(
+        &mut self,
+        worker: usize,
+        token: u32,
+        code: u32,
+        message: &str,
+    ) -> Result<()> {
+        self.answer_grpc_call(worker, token, GrpcAnswer::err(code, message))
+    }
+
+    /// On a host built with [`crate::HostBuilder::grpc_clusters`]: makes every gRPC call the
+    /// guest made and that is not performed yet, for real and blocking, and delivers each
+    /// answer (answers that make new calls are followed). Returns how many calls were made
+    /// (0 on a host whose calls the test answers). The request and exchange drivers call it
+    /// after each guest callback, and the clock after each timer.
+    pub fn perform_grpc_calls(&mut self) -> usize {
+        let Some(client) = self.grpc.clone() else {
+            return 0;
+        };
+        let mut made = 0;
+        for _ in 0..1000 {
+            let calls = self.core.take_new_grpc_calls();
+            if calls.is_empty() {
+                break;
+            }
+            for call in calls {
+                let answer = client.call_blocking(&call);
+                // Err: the answer found the call gone or the callback trapped (recorded).
+                let _ = self.core.answer_grpc_call(call.worker, call.token, answer);
+                made += 1;
+            }
+        }
+        made
+    }
+
     /// Live stream contexts on worker `w`.
     pub fn open_streams(&self, w: usize) -> Vec<u32> {
         self.core
@@ -159,6 +223,7 @@ impl<'h> Worker<'h> {
             .core
             .call(self.index, root, "proxy_on_tick", &[root as i64]);
         self.host.core.settle();
+        self.host.perform_grpc_calls();
         r.map(|_| ())
     }
 

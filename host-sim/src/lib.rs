@@ -46,10 +46,13 @@ pub use host_engine::metrics;
 
 pub use builder::HostBuilder;
 pub use exchange::{ClientResponse, Exchange, Upstream};
+/// The gRPC client of real calls (`--grpc-cluster NAME=URL`).
+pub use grpc_call;
 pub use host::{Host, Worker};
 pub use host_engine::{
-    ChunkOutcome, ConfigureError, ForeignCall, Headers, HttpCallInfo, LocalReply, LogLevel,
-    LogLine, Metric, MetricKind, ProcExit, PropValue, Status, StreamKey, TrapRecord,
+    grpc_code, ChunkOutcome, ConfigureError, ForeignCall, GrpcAnswer, GrpcCallInfo, Headers,
+    HttpCallInfo, LocalReply, LogLevel, LogLine, Metric, MetricKind, ProcExit, PropValue, Status,
+    StreamKey, TrapRecord,
 };
 pub use request::RequestBuilder;
 pub use response::ResponseBuilder;

@@ -6,7 +6,7 @@ use host_sim::replay::{run, ReplayOptions};
 
 const USAGE: &str =
     "usage: host-sim replay --wasm FILE --config PLUGIN.json --requests TRAFFIC.jsonl \
-[--workers N] [--seed S] [--env KEY=VALUE]... [--no-stop-iteration]
+[--workers N] [--seed S] [--env KEY=VALUE]... [--no-stop-iteration] [--grpc-cluster NAME=URL]...
        host-sim fuzz --help
        host-sim cost [--wasm FILE] [--check BUDGET.json] [--write-budget BUDGET.json]";
 
@@ -52,6 +52,7 @@ fn real_main() -> Result<()> {
         seed: 0,
         env: Vec::new(),
         allow_on_headers_stop_iteration: true,
+        grpc_clusters: Default::default(),
     };
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
@@ -72,6 +73,14 @@ fn real_main() -> Result<()> {
                 opts.env.push((k.to_string(), v.to_string()));
             }
             "--no-stop-iteration" => opts.allow_on_headers_stop_iteration = false,
+            // The target of the module's gRPC calls to upstream NAME (repeatable): calls are
+            // made for real, blocking, right after the callback that made them.
+            "--grpc-cluster" => {
+                let arg = value()?;
+                let named = |why: String| anyhow::anyhow!("--grpc-cluster {arg:?}: {why}");
+                let cluster = grpc_call::parse_cluster(&arg).map_err(named)?;
+                opts.grpc_clusters.add(cluster).map_err(named)?;
+            }
             other => bail!("unknown option {other}\n{USAGE}"),
         }
     }

@@ -18,6 +18,9 @@ pub struct ReplayOptions {
     pub seed: u64,
     pub env: Vec<(String, String)>,
     pub allow_on_headers_stop_iteration: bool,
+    /// `--grpc-cluster NAME=URL`: the module's gRPC calls are made for real (none: every
+    /// upstream name is accepted and no call is answered).
+    pub grpc_clusters: grpc_call::Clusters,
 }
 
 /// Header names the filter writes, from the plugin config's `headers` (SPEC defaults).
@@ -61,6 +64,9 @@ pub fn run(opts: &ReplayOptions) -> Result<String> {
         .allow_on_headers_stop_iteration(opts.allow_on_headers_stop_iteration);
     for (k, v) in &opts.env {
         b = b.env(k, v);
+    }
+    if !opts.grpc_clusters.is_empty() {
+        b = b.grpc_clusters(opts.grpc_clusters.clone());
     }
     let mut host = b.build()?;
     let mut out = String::new();

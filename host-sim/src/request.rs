@@ -289,6 +289,7 @@ impl<'h> RequestBuilder<'h> {
             let partial = stop_after.is_some();
             host.core
                 .on_headers(key, Dir::Request, h, n == 0 && !has_trailers && !partial)?;
+            host.perform_grpc_calls();
             for (i, c) in chunks.iter().enumerate() {
                 if stop_after.is_some_and(|m| i >= m) {
                     break;
@@ -299,11 +300,13 @@ impl<'h> RequestBuilder<'h> {
                     c,
                     i + 1 == n && !has_trailers && !partial,
                 )?;
+                host.perform_grpc_calls();
             }
             if let Some(t) = trailers.filter(|_| !partial) {
                 host.core.on_trailers(key, Dir::Request, t)?;
             }
             host.core.settle();
+            host.perform_grpc_calls();
             Ok(())
         })();
         match result {

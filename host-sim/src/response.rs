@@ -152,6 +152,7 @@ impl ResponseBuilder<'_, '_> {
         let n = chunks.len();
         host.core
             .on_headers(key, Dir::Response, h, n == 0 && !has_trailers && !keep_open)?;
+        host.perform_grpc_calls();
         for (i, (delay, c)) in chunks.iter().enumerate() {
             host.advance_ms(*delay)?;
             let at_ms = host.now_ms();
@@ -164,6 +165,7 @@ impl ResponseBuilder<'_, '_> {
                 c,
                 i + 1 == n && !has_trailers && !keep_open,
             )?;
+            host.perform_grpc_calls();
             let (paused, delivered) = host.stream(key).map_or((false, 0), |s| {
                 let r = &s.response;
                 (
@@ -184,6 +186,7 @@ impl ResponseBuilder<'_, '_> {
             host.core.on_trailers(key, Dir::Response, t)?;
         }
         host.core.settle();
+        host.perform_grpc_calls();
         client_view(ex)
     }
 }

@@ -121,7 +121,8 @@ def test_envoyfilter_sets_stop_iteration_and_original_dst():
     assert clusters[0]["original_dst_lb_config"]["http_header_name"] == "x-gateway-destination-endpoint"
     boot = [p for p in gw["spec"]["configPatches"] if p["applyTo"] == "BOOTSTRAP"][0]
     tags = {t["tag_name"] for t in boot["patch"]["value"]["stats_config"]["stats_tags"]}
-    assert tags == {"tier", "model", "status", "reason", "type", "tenant", "bucket", "pool", "endpoint"}
+    assert tags == {"tier", "model", "status", "reason", "type", "tenant", "bucket", "pool", "endpoint",
+                    "method", "result", "action", "trigger"}
 
 
 def test_routes_match_the_tier_header():

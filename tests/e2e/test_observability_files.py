@@ -101,7 +101,9 @@ def test_catalogue_parse_matches_spec():
                                                                      "labels": {"model"}}
     assert CATALOGUE["llm_router_endpoint_fallback_total"]["labels"] == {"pool", "reason"}
     assert CATALOGUE["llm_router_invalid_body_total"]["labels"] == {"reason"}
-    assert len(CATALOGUE) == 11
+    assert CATALOGUE["llm_router_global_calls_total"]["labels"] == {"method", "result"}
+    assert CATALOGUE["llm_router_global_outage"]["labels"] == {"action"}
+    assert len(CATALOGUE) == 15
     assert {k for k, v in CATALOGUE.items() if v["kind"] == "histogram"} == {
         "llm_router_prompt_tokens_estimated", "llm_router_request_duration_milliseconds",
         "llm_router_time_to_first_token_milliseconds"}

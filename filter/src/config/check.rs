@@ -4,8 +4,8 @@
 
 use super::raw::{self, RawLimits};
 use super::{
-    err, BucketLimit, ConfigError, Criticality, Endpoints, HeaderNames, Limits, ModelSplit, Rule,
-    SplitTarget, TenantSource, Tenants, Tier, TierId, UnknownTenant, DEFAULT_APIS,
+    err, BucketLimit, ConfigError, Criticality, Endpoints, Global, HeaderNames, Limits, ModelSplit,
+    OnOutage, Rule, SplitTarget, TenantSource, Tenants, Tier, TierId, UnknownTenant, DEFAULT_APIS,
     DEFAULT_MAX_TOKENS_CAP, DEFAULT_MAX_TRACKED_TENANTS,
 };
 use crate::metrics::labels as metrics;
@@ -410,6 +410,14 @@ pub(super) fn tenants(t: raw::RawTenants, owned: &HeaderNames) -> Result<Tenants
     if max_tokens_cap == 0 {
         return err("tenants.max_tokens_cap", "must be at least 1");
     }
+    let global = match t.global {
+        None => None,
+        Some(g) => {
+            let g = global(g)?;
+            within_quota_service_bounds(&default, &list)?;
+            Some(g)
+        }
+    };
     Ok(Tenants {
         source,
         unknown: t.unknown.unwrap_or(UnknownTenant::Default),
@@ -417,6 +425,113 @@ pub(super) fn tenants(t: raw::RawTenants, owned: &HeaderNames) -> Result<Tenants
         limits: list,
         max_tracked_tenants,
         max_tokens_cap,
+        global,
+    })
+}
+
+/// The quota service keeps its numbers exact in Redis's Lua (doubles): rates and bursts of at
+/// most 2^33 per bucket. Under `tenants.global` a larger limit would be refused on every call.
+fn within_quota_service_bounds(
+    default: &Limits,
+    list: &[(String, Limits)],
+) -> Result<(), ConfigError> {
+    const MAX: u64 = 1 << 33;
+    let named = std::iter::once(("tenants.default".to_string(), default))
+        .chain(list.iter().map(|(n, l)| (key_path("tenants.limits", n), l)));
+    for (at, l) in named {
+        for (kind, b) in [("requests", &l.requests), ("tokens", &l.tokens)] {
+            if let Some(b) = b {
+                if b.per_minute > MAX || b.burst > MAX {
+                    return err(
+                        at,
+                        format!(
+                            "{kind}: with `tenants.global`, rates and bursts must be at most \
+                             {MAX} (the quota service's bound)"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `field` within `[lo, hi]`, or `default` when absent.
+fn bounded(
+    field: &str,
+    v: Option<u64>,
+    default: u64,
+    lo: u64,
+    hi: u64,
+) -> Result<u64, ConfigError> {
+    let v = v.unwrap_or(default);
+    if v < lo || v > hi {
+        return err(field, format!("must be between {lo} and {hi}"));
+    }
+    Ok(v)
+}
+
+const MAX_CLUSTER_NAME: usize = 120;
+
+pub(super) fn global(g: raw::RawGlobal) -> Result<Global, ConfigError> {
+    let Some(cluster) = g.cluster else {
+        return err(
+            "tenants.global.cluster",
+            "is required (the Envoy cluster of the quota service)",
+        );
+    };
+    // At most 120: the serialized GrpcService that carries the name stays one-byte lengths,
+    // plain ASCII (see `quota::wire::encode_grpc_service`).
+    let cluster_ok = !cluster.is_empty()
+        && cluster.len() <= MAX_CLUSTER_NAME
+        && cluster.bytes().all(|b| b.is_ascii_graphic());
+    if !cluster_ok {
+        return err(
+            "tenants.global.cluster",
+            "must be a cluster name (1 to 120 visible ASCII characters)",
+        );
+    }
+    let upstream = crate::quota::wire::encode_grpc_service(&cluster);
+    for (field, v) in [
+        ("tenants.global.lease_requests", g.lease_requests),
+        ("tenants.global.lease_tokens", g.lease_tokens),
+    ] {
+        if let Some(v) = v {
+            bounded(field, Some(v), v, 1, 1 << 40)?;
+        }
+    }
+    let replicas = bounded("tenants.global.replicas", g.replicas, 1, 1, 10_000)?;
+    let timeout_ms = bounded("tenants.global.timeout_ms", g.timeout_ms, 500, 10, 10_000)?;
+    let refill_interval_ms = bounded(
+        "tenants.global.refill_interval_ms",
+        g.refill_interval_ms,
+        200,
+        10,
+        60_000,
+    )?;
+    let idle_ms = bounded(
+        "tenants.global.idle_ms",
+        g.idle_ms,
+        60_000,
+        1_000,
+        86_400_000,
+    )?;
+    if idle_ms <= refill_interval_ms {
+        return err(
+            "tenants.global.idle_ms",
+            "must be longer than `refill_interval_ms`",
+        );
+    }
+    Ok(Global {
+        cluster,
+        upstream,
+        lease_requests: g.lease_requests,
+        lease_tokens: g.lease_tokens,
+        replicas,
+        on_outage: g.on_outage.unwrap_or(OnOutage::StaticShare),
+        timeout_ms,
+        refill_interval_ms,
+        idle_ms,
     })
 }
 

@@ -5,7 +5,7 @@ mod check;
 pub mod raw;
 
 use raw::RawConfig;
-pub use raw::{Criticality, InvalidBodyAction, UnknownTenant};
+pub use raw::{Criticality, InvalidBodyAction, OnOutage, UnknownTenant};
 use std::fmt;
 
 pub const DEFAULT_APIS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
@@ -122,6 +122,49 @@ pub struct Tenants {
     pub limits: Vec<(String, Limits)>,
     pub max_tracked_tenants: u32,
     pub max_tokens_cap: u64,
+    /// Global limits through the quota service; `None`: per-proxy limits.
+    pub global: Option<Global>,
+}
+
+/// `tenants.global`: leases of Redis buckets, refilled through the quota service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Global {
+    /// Envoy cluster (gRPC) of the quota service.
+    pub cluster: String,
+    /// What the filter passes to `proxy_grpc_call` as the upstream: the serialized
+    /// `GrpcService { envoy_grpc { cluster_name: cluster } }` (ASCII). A plain name can be
+    /// mistaken by Envoy for a serialized GrpcService (some short names are valid protobuf),
+    /// which fails the call with a status the SDK's dispatch panics on.
+    pub upstream: String,
+    /// Lease sizes; `None`: derived per tenant from its burst (see [`Global::lease`]).
+    pub lease_requests: Option<u64>,
+    pub lease_tokens: Option<u64>,
+    pub replicas: u64,
+    pub on_outage: OnOutage,
+    pub timeout_ms: u64,
+    pub refill_interval_ms: u64,
+    pub idle_ms: u64,
+}
+
+impl Global {
+    /// The lease size of one bucket: the configured size (at most the burst), or by default
+    /// `burst / (2 x replicas)` (at least 1), so that every replica holding the most a lease
+    /// may hold (twice its size) together holds no more than the burst.
+    pub fn lease(&self, configured: Option<u64>, limit: &BucketLimit) -> u64 {
+        let size = match configured {
+            Some(n) => n,
+            None => limit.burst / self.replicas.saturating_mul(2).max(1),
+        };
+        size.clamp(1, limit.burst.max(1))
+    }
+
+    pub fn lease_requests(&self, limit: &BucketLimit) -> u64 {
+        self.lease(self.lease_requests, limit)
+    }
+
+    pub fn lease_tokens(&self, limit: &BucketLimit) -> u64 {
+        self.lease(self.lease_tokens, limit)
+    }
 }
 
 /// Per-tenant limits; `None` = that bucket is not limited.

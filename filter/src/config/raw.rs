@@ -115,6 +115,34 @@ pub struct RawTenants {
     /// Upper bound of the completion tokens charged at admission (`min(max_tokens, cap)`);
     /// also what a request without `max_tokens` is charged.
     pub max_tokens_cap: Option<u64>,
+    /// Limits shared by every replica of the gateway through the quota service (absent:
+    /// per-proxy limits).
+    pub global: Option<RawGlobal>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlobal {
+    pub cluster: Option<String>,
+    pub lease_requests: Option<u64>,
+    pub lease_tokens: Option<u64>,
+    pub replicas: Option<u64>,
+    pub on_outage: Option<OnOutage>,
+    pub timeout_ms: Option<u64>,
+    pub refill_interval_ms: Option<u64>,
+    pub idle_ms: Option<u64>,
+}
+
+/// What a replica does once its lease is spent while the quota service cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOutage {
+    /// Per-proxy buckets with the tenant's limits divided by `replicas`.
+    StaticShare,
+    /// 503 `rate_limiter_unavailable`.
+    Reject,
+    /// Admit (booked as debt, charged once the service answers again).
+    Admit,
 }
 
 #[derive(Debug, Clone, Deserialize)]

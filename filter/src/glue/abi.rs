@@ -26,12 +26,14 @@ pub mod map {
 pub mod buffer {
     pub const REQUEST_BODY: u32 = 0;
     pub const RESPONSE_BODY: u32 = 1;
+    pub const GRPC_RECEIVE: u32 = 5;
     pub const PLUGIN_CONFIGURATION: u32 = 7;
 }
 
 /// `MetricType` values of the ABI.
 pub mod metric {
     pub const COUNTER: u32 = 0;
+    pub const GAUGE: u32 = 1;
     pub const HISTOGRAM: u32 = 2;
 }
 
@@ -109,15 +111,17 @@ extern "C" {
         out_data: *mut *mut u8,
         out_size: *mut usize,
     ) -> u32;
+    fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, out_id: *mut u32) -> u32;
+    fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(id: u32, value: u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_set_property(
         path: *const u8,
         path_size: usize,
         value: *const u8,
         value_size: usize,
     ) -> u32;
-    fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, out_id: *mut u32) -> u32;
-    fn proxy_increment_metric(id: u32, offset: i64) -> u32;
-    fn proxy_record_metric(id: u32, value: u64) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
 }
 
 fn check(code: u32) -> Result<(), Status> {
@@ -247,12 +251,6 @@ pub fn send_local_response(
     })
 }
 
-/// Sets a one-segment property of the stream (Envoy: filter state `wasm.<key>`).
-pub fn set_property(key: &str, value: &[u8]) -> Result<(), Status> {
-    // SAFETY: pointers and lengths of live slices.
-    check(unsafe { proxy_set_property(key.as_ptr(), key.len(), value.as_ptr(), value.len()) })
-}
-
 pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>, Status> {
     // SAFETY: pointers and lengths of live slices; valid out-parameters.
     returned(|d, s| unsafe {
@@ -311,4 +309,52 @@ pub fn init_logging() {
         log::set_max_level(log::LevelFilter::Info);
         std::panic::set_hook(Box::new(|info| log(5, &info.to_string())));
     }
+}
+
+pub fn set_tick_period_ms(period: u32) -> Result<(), Status> {
+    // SAFETY: plain value.
+    check(unsafe { proxy_set_tick_period_milliseconds(period) })
+}
+
+/// Sets a property of the current stream (Envoy: filter state `wasm.<path>`).
+pub fn set_property<S: AsRef<str>>(path: &[S], value: &[u8]) -> Result<(), Status> {
+    let path = hostmap::property_path(path);
+    // SAFETY: pointers and lengths of live slices.
+    check(unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
+}
+
+/// Resumes the request of the current HTTP context after a pause.
+pub fn continue_request() -> Result<(), Status> {
+    // SAFETY: plain value (0: the HTTP request stream).
+    check(unsafe { proxy_continue_stream(0) })
+}
+
+/// Starts a unary gRPC call; the answer comes to the calling context's
+/// `on_grpc_call_response` with the returned token.
+///
+/// This is the one host call made through the SDK: its dispatcher routes the answer by a token
+/// table only its own `dispatch_grpc_call` can fill, so a raw `proxy_grpc_call` here would
+/// never hear back. The SDK returns the statuses Envoy's `grpcCall` gives for calls that do
+/// not start (`ParseFailure`: unknown cluster; `InternalFailure`) as errors; it panics on any
+/// other non-Ok status. Envoy returns `BadArgument` when `upstream` parses as a serialized
+/// GrpcService it cannot build a client for, and a plain cluster name can parse as one (`pa`,
+/// `quota_svc`): so `upstream` is always the serialized `GrpcService { envoy_grpc }` that
+/// configuration builds (`Global::upstream`), for which Envoy builds the client without
+/// checking the cluster (an unknown one fails the call later, UNAVAILABLE).
+pub fn dispatch_grpc_call(
+    upstream: &str,
+    service: &str,
+    method: &str,
+    message: &[u8],
+    timeout_ms: u64,
+) -> Result<u32, Status> {
+    proxy_wasm::hostcalls::dispatch_grpc_call(
+        upstream,
+        service,
+        method,
+        Vec::new(),
+        Some(message),
+        std::time::Duration::from_millis(timeout_ms),
+    )
+    .map_err(|s| Status(s as u32))
 }

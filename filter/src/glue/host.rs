@@ -73,7 +73,7 @@ pub fn send_reply(reply: &LocalReply) {
 /// loses that span attribute.
 pub fn publish(facts: &crate::trace::Facts) {
     for (key, value) in facts {
-        if let Err(status) = abi::set_property(key, value.as_bytes()) {
+        if let Err(status) = abi::set_property(&[key], value.as_bytes()) {
             debug!("llm-router: cannot set property {key}: {status:?}");
         }
     }

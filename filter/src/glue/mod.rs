@@ -4,6 +4,7 @@
 //! every request on that worker), so `hostcalls` is used directly (see `host`).
 
 mod abi;
+mod global;
 mod host;
 mod picker;
 mod request;
@@ -38,9 +39,15 @@ struct Shared {
 #[derive(Default)]
 pub struct Root {
     shared: Option<Rc<Shared>>,
+    /// Global limits: the quota service calls of the background tick.
+    background: global::Background,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.job_answered(token_id, status_code, response_size);
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -57,6 +64,13 @@ impl RootContext for Root {
                     if cfg.tenants.is_some() { "on" } else { "off" },
                 );
                 let stats = Stats::new(Catalog::from_config(&cfg));
+                // Only global limits run on ticks (leases are refilled in the background).
+                if let Some(g) = cfg.tenants.as_ref().and_then(|t| t.global.as_ref()) {
+                    let period = u32::try_from(g.refill_interval_ms).unwrap_or(u32::MAX);
+                    if let Err(status) = abi::set_tick_period_ms(period) {
+                        error!("llm-router: cannot set the tick period: {status:?}");
+                    }
+                }
                 let push_token = cfg.endpoints.as_ref().and_then(|e| {
                     let token = std::env::var(&e.push_token_env).ok().filter(|t| !t.is_empty());
                     if token.is_none() {
@@ -83,6 +97,10 @@ impl RootContext for Root {
         }
     }
 
+    fn on_tick(&mut self) {
+        self.tick();
+    }
+
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
@@ -100,8 +118,8 @@ struct Routed {
     model: u16,
     prompt_estimate: Option<u64>,
     stream: bool,
-    /// Rate-limit charge to reconcile: the tenant and what it was charged.
-    charge: Option<(ratelimit::Tenant, Charge)>,
+    /// Rate-limit charge to reconcile: the tenant, what it was charged, and where.
+    charge: Option<(ratelimit::Tenant, Charge, ratelimit::Booked)>,
     limits_status: Option<ratelimit::Status>,
     /// In-flight count to release at the end (an endpoint was picked).
     ticket: Option<picker::Ticket>,
@@ -131,6 +149,8 @@ pub struct Http {
     body_after_decision: u64,
     /// `content-length` of a body decided too large from its headers alone.
     body_declared: u64,
+    /// Global limits: the request waits for the quota service.
+    waiting: Option<global::Waiting>,
 }
 
 impl Http {
@@ -150,6 +170,7 @@ impl Http {
             body_at_decision: 0,
             body_after_decision: 0,
             body_declared: 0,
+            waiting: None,
         }
     }
 }
@@ -174,7 +195,11 @@ impl Routed {
     }
 }
 
-impl Context for Http {}
+impl Context for Http {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.take_answered(token_id, status_code, response_size);
+    }
+}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -221,6 +246,13 @@ impl HttpContext for Http {
         if self.push {
             return self.push_body(body_size, end_of_stream);
         }
+        if self.waiting.is_some() {
+            // Decided, waiting for the quota service: held (Envoy buffers what arrives, and
+            // each call sees the whole buffer); counted past what the decision saw.
+            let more = (body_size as u64).saturating_sub(self.body_at_decision);
+            self.body_after_decision = self.body_after_decision.max(more);
+            return Action::Pause;
+        }
         if !self.inspecting {
             if self.routed.is_some() {
                 // Decided already: the rest of the body streams through, chunk by chunk.
@@ -244,6 +276,9 @@ impl HttpContext for Http {
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.waiting.is_some() {
+            return Action::Pause;
+        }
         if !self.inspecting {
             return Action::Continue;
         }
@@ -270,6 +305,7 @@ impl HttpContext for Http {
     }
 
     fn on_log(&mut self) {
+        self.abandon_take();
         if let Some(sh) = self.shared.clone() {
             self.finish(&sh);
         }

@@ -5,15 +5,15 @@ use super::host::{
     clear_route_cache, now_ms, property_string, publish, request_body, send_reply,
     set_request_body, set_request_header, SharedData,
 };
-use super::{picker, random_u64, Http, Routed, Shared};
+use super::{abi, picker, random_u64, Http, Routed, Shared};
 use crate::body::InvalidBody;
 use crate::config::TenantSource;
 use crate::metrics::{self, Metric};
 use crate::plan::{self, Forward, Plan};
-use crate::ratelimit::{self, Charge, Cost, Gate};
+use crate::ratelimit::{self, global, Charge, Cost, Gate};
 use crate::reply::LocalReply;
 use crate::trace;
-use log::warn;
+use log::{debug, warn};
 use proxy_wasm::types::Action;
 
 /// Where the ext_proc server puts the gateway's endpoint subset hint (`ip:port,...`).
@@ -44,7 +44,7 @@ impl Http {
         // What the host holds may be more than the plan sees (a body decided too large).
         let known = (body_size as u64).max(self.body_declared);
         let roll = random_u64();
-        let mut fwd = match plan::plan(&sh.cfg, &self.path, &headers, body, known, roll) {
+        let fwd = match plan::plan(&sh.cfg, &self.path, &headers, body, known, roll) {
             Plan::Reject(why, reply) => {
                 publish(&trace::rejected(&self.path));
                 sh.stats
@@ -70,14 +70,47 @@ impl Http {
             fwd.prompt_tokens,
             fwd.stream,
         );
-        let refusal = charge_tenant(sh, &headers, &fwd, &mut routed)
-            .or_else(|| pick_endpoint(sh, &headers, &mut fwd, &mut routed));
+        let cost = Cost {
+            prompt: fwd.prompt_tokens,
+            body_bytes: fwd.body_bytes,
+            max_tokens: fwd.max_tokens,
+            n: fwd.n,
+        };
+        if sh.cfg.tenants.is_some() {
+            // For Envoy's own `ratelimit` filter (`hits_addend`), before the request goes on.
+            publish_tokens(PROMPT_TOKENS_PROPERTY, cost.prompt_tokens());
+        }
+        let charged = charge_tenant(sh, &headers, &cost, &mut routed);
+        let parked = Parked {
+            fwd,
+            routed,
+            headers,
+            body_size,
+        };
+        match charged {
+            Charged::Go => self.proceed(sh, parked),
+            Charged::Refused(reply) => {
+                self.routed = Some(parked.routed);
+                self.reply(&reply)
+            }
+            Charged::Take(take) => self.wait_for_take(sh, take, parked),
+        }
+    }
+
+    /// After admission: pick the endpoint, count, and apply the rewrite.
+    pub(super) fn proceed(&mut self, sh: &Shared, parked: Parked) -> Action {
+        let Parked {
+            mut fwd,
+            mut routed,
+            headers,
+            body_size,
+        } = parked;
+        let refusal = pick_endpoint(sh, &headers, &mut fwd, &mut routed);
         let (tier, model) = (routed.tier, routed.model);
         self.routed = Some(routed);
         if let Some(reply) = refusal {
             return self.reply(&reply);
         }
-
         sh.stats.inc(
             Metric::ModelSelected,
             &[tier, model, metrics::select_reason(fwd.reason)],
@@ -163,32 +196,87 @@ impl Http {
     }
 }
 
-/// Charges the request to its tenant's buckets (when tenants are configured). Returns the
-/// reply when the tenant is refused (429, 401 for an unknown tenant under `reject`, 503 when
-/// the buckets cannot be charged: a request is never admitted uncharged).
+/// Property names of the token figures published for Envoy's `ratelimit` filter (read as
+/// `%FILTER_STATE(wasm.llm_router.prompt_tokens:PLAIN)%`).
+pub const PROMPT_TOKENS_PROPERTY: &str = trace::key::PROMPT_TOKENS;
+pub const COMPLETION_TOKENS_PROPERTY: &str = trace::key::COMPLETION_TOKENS;
+
+/// Publishes a token figure as a property of the stream (a host without filter state
+/// refuses it quietly).
+pub(super) fn publish_tokens(name: &str, value: u64) {
+    if let Err(status) = abi::set_property(&[name], value.to_string().as_bytes()) {
+        debug!("llm-router: cannot set property {name}: {status:?}");
+    }
+}
+
+/// A request decided and waiting to go on (after a `Take`).
+pub(super) struct Parked {
+    pub fwd: Forward,
+    pub routed: Routed,
+    pub headers: Vec<(String, String)>,
+    pub body_size: usize,
+}
+
+/// A `Take` a request waits for.
+pub(super) struct PendingTake {
+    pub tenant: ratelimit::Tenant,
+    pub request: crate::quota::TakeRequest,
+    pub tokens: u64,
+    pub lacking: ratelimit::Bucket,
+    pub cost: Cost,
+}
+
+/// What charging the tenant decided.
+pub(super) enum Charged {
+    /// Admitted (or no tenants configured): go on.
+    Go,
+    /// Refused (429, 401 for an unknown tenant under `reject`, 503 when the buckets cannot be
+    /// charged: a request is never admitted uncharged).
+    Refused(LocalReply),
+    /// Global limits: the lease is empty; wait for the quota service.
+    Take(PendingTake),
+}
+
+/// Charges the request to its tenant's buckets (when tenants are configured).
 fn charge_tenant(
     sh: &Shared,
     headers: &plan::Headers,
-    fwd: &Forward,
+    cost: &Cost,
     routed: &mut Routed,
-) -> Option<LocalReply> {
-    let tenants = sh.cfg.tenants.as_ref()?;
+) -> Charged {
+    let Some(tenants) = sh.cfg.tenants.as_ref() else {
+        return Charged::Go;
+    };
     let id = match &tenants.source {
         TenantSource::Header(name) => plan::header(headers, name).map(str::to_string),
         source => ratelimit::jwt_claim_path(source).and_then(|p| property_string(&p)),
     };
-    let cost = Cost {
-        prompt: fwd.prompt_tokens,
-        body_bytes: fwd.body_bytes,
-        max_tokens: fwd.max_tokens,
-        n: fwd.n,
+    let tokens = ratelimit::token_cost(tenants, cost);
+    let gate = match &tenants.global {
+        None => ratelimit::gate(tenants, id.as_deref(), tokens, &SharedData, now_ms()),
+        Some(g) => {
+            let d = global::gate(tenants, g, id.as_deref(), tokens, &SharedData, now_ms());
+            if d.fallback {
+                let action = metrics::outage_action(g.on_outage);
+                sh.stats.inc(Metric::GlobalFallback, &[action]);
+            }
+            d.gate
+        }
     };
-    let tokens = ratelimit::token_cost(tenants, &cost);
-    match ratelimit::gate(tenants, id.as_deref(), tokens, &SharedData, now_ms()) {
+    apply_gate(sh, gate, cost, routed)
+}
+
+/// Applies the rate limiter's decision to the request's state.
+pub(super) fn apply_gate(sh: &Shared, gate: Gate, cost: &Cost, routed: &mut Routed) -> Charged {
+    let Some(tenants) = sh.cfg.tenants.as_ref() else {
+        return Charged::Go;
+    };
+    match gate {
         Gate::Pass {
             tenant,
             charged_tokens,
             status,
+            booked,
         } => {
             let charge = Charge {
                 charged: charged_tokens,
@@ -196,10 +284,22 @@ fn charge_tenant(
                 reserved: cost.reserved(tenants),
             };
             publish(&trace::tenant(&tenant.label));
-            routed.charge = Some((tenant, charge));
+            routed.charge = Some((tenant, charge, booked));
             routed.limits_status = Some(status);
-            None
+            Charged::Go
         }
+        Gate::Take {
+            tenant,
+            request,
+            tokens,
+            lacking,
+        } => Charged::Take(PendingTake {
+            tenant,
+            request,
+            tokens,
+            lacking,
+            cost: *cost,
+        }),
         Gate::Refuse {
             reply,
             tenant_label,
@@ -210,11 +310,14 @@ fn charge_tenant(
                 let t = sh.stats.catalog().tenant(&tenant_label);
                 sh.stats.inc(Metric::RateLimited, &[t, b.label()]);
             }
-            Some(reply)
+            Charged::Refused(reply)
         }
         Gate::Unavailable { reply, why } => {
-            warn!("llm-router: rate limit state unavailable, refusing: {why}");
-            Some(reply)
+            // An outage is logged once when it starts, not per request.
+            if why != global::OUTAGE_WHY {
+                warn!("llm-router: rate limit state unavailable, refusing: {why}");
+            }
+            Charged::Refused(reply)
         }
     }
 }

@@ -4,9 +4,10 @@
 use super::host::{
     now_ms, publish, response_body, response_header, set_response_header, SharedData,
 };
+use super::request::{publish_tokens, COMPLETION_TOKENS_PROPERTY};
 use super::{Http, Routed, Shared};
 use crate::metrics::{self, Metric};
-use crate::ratelimit::{self, Outcome};
+use crate::ratelimit::{self, Booked, Outcome};
 use crate::usage::{JsonUsageScanner, SseScanner, Usage};
 use log::warn;
 
@@ -42,6 +43,41 @@ impl Http {
             ResponseScan::Json(JsonUsageScanner::default())
         };
         self.response_ended = end_of_stream;
+        if end_of_stream {
+            self.publish_completion();
+        }
+    }
+
+    /// At the end of the response (a span may end before the request's log callback; ending
+    /// a scanner is idempotent, `finish` scans again): the real `usage` for the trace, both
+    /// figures (`trace::usage`); without one, for Envoy's own `ratelimit` filter
+    /// (`apply_on_stream_done`, tenants configured) the completion tokens as estimated
+    /// (streamed text, or the reservation).
+    fn publish_completion(&mut self) {
+        let Some(routed) = &self.routed else {
+            return;
+        };
+        if self.local_reply {
+            return;
+        }
+        let reserved = routed.charge.as_ref().map_or(0, |(_, c, _)| c.reserved);
+        let (usage, estimate) = match &mut self.response {
+            ResponseScan::Sse(s) => {
+                s.finish();
+                (s.usage, s.completion_estimate)
+            }
+            ResponseScan::Json(j) => (j.finish(), j.completion_estimate()),
+            ResponseScan::None => (None, reserved),
+        };
+        if let Some(u) = usage {
+            publish(&crate::trace::usage(&u));
+        } else if self
+            .shared
+            .as_ref()
+            .is_some_and(|sh| sh.cfg.tenants.is_some())
+        {
+            publish_tokens(COMPLETION_TOKENS_PROPERTY, estimate);
+        }
     }
 
     pub(super) fn response_chunk(&mut self, body_size: usize, end_of_stream: bool) {
@@ -64,23 +100,7 @@ impl Http {
             ResponseScan::Json(scanner) => scanner.feed(&response_body(body_size)),
         }
         if end_of_stream {
-            self.publish_usage();
-        }
-    }
-
-    /// The real usage for the trace, as soon as the response is complete: a span may end
-    /// before the request's log callback (`finish` scans again; ending a scanner is idempotent).
-    fn publish_usage(&mut self) {
-        let usage = match &mut self.response {
-            ResponseScan::Sse(s) => {
-                s.finish();
-                s.usage
-            }
-            ResponseScan::Json(j) => j.finish(),
-            ResponseScan::None => None,
-        };
-        if let Some(u) = usage {
-            publish(&crate::trace::usage(&u));
+            self.publish_completion();
         }
     }
 
@@ -140,7 +160,7 @@ impl Http {
     }
 
     fn reconcile(&self, routed: &Routed, usage: Option<Usage>, outcome: Outcome) {
-        let Some((tenant, charge)) = &routed.charge else {
+        let Some((tenant, charge, booked)) = &routed.charge else {
             return;
         };
         let mut charge = *charge;
@@ -155,16 +175,31 @@ impl Http {
         if fix.requests == 0 && fix.tokens == 0 {
             return;
         }
-        let owner = tenant.owner.as_deref();
-        if let Err(e) = ratelimit::adjust_tenant(
-            &SharedData,
-            &tenant.key,
-            &tenant.limits,
-            owner,
-            fix.requests,
-            fix.tokens,
-            now_ms(),
-        ) {
+        let global = self
+            .shared
+            .as_ref()
+            .and_then(|sh| sh.cfg.tenants.as_ref())
+            .and_then(|t| t.global.as_ref());
+        let done = match (booked, global) {
+            (Booked::Lease | Booked::Debt, Some(g)) => ratelimit::global::reconcile(
+                g,
+                tenant,
+                *booked,
+                (fix.requests, fix.tokens),
+                &SharedData,
+                now_ms(),
+            ),
+            _ => ratelimit::adjust_tenant(
+                &SharedData,
+                &tenant.key,
+                &tenant.limits,
+                tenant.owner.as_deref(),
+                fix.requests,
+                fix.tokens,
+                now_ms(),
+            ),
+        };
+        if let Err(e) = done {
             warn!(
                 "llm-router: cannot reconcile tokens of {}: {e:?}",
                 tenant.label

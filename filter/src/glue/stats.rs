@@ -36,6 +36,7 @@ impl Stats {
         let name = self.catalog.borrow().name(&key);
         let ty = match key.metric.kind() {
             Kind::Counter => abi::metric::COUNTER,
+            Kind::Gauge => abi::metric::GAUGE,
             Kind::Histogram => abi::metric::HISTOGRAM,
         };
         match abi::define_metric(ty, &name) {

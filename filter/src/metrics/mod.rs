@@ -37,11 +37,21 @@ pub enum Metric {
     Shed,
     /// counter {pool, reason}: requests sent without an endpoint pick
     EndpointFallback,
+    /// counter {method, result}: calls of the quota service (global limits)
+    GlobalCalls,
+    /// counter {action}: requests decided by `on_outage` (lease empty, service unreachable)
+    GlobalFallback,
+    /// gauge {action}: 1 while the quota service is unreachable, else 0
+    GlobalOutage,
+    /// counter {trigger}: grants credited to a lease (`tick`: background, `request`: a
+    /// request's synchronous take)
+    LeaseRefills,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Counter,
+    Gauge,
     Histogram,
 }
 
@@ -59,6 +69,10 @@ enum Label {
     Pool,
     Endpoint,
     FallbackReason,
+    Method,
+    CallResult,
+    OutageAction,
+    Trigger,
 }
 
 impl Metric {
@@ -75,6 +89,10 @@ impl Metric {
             Metric::EndpointPicked => "llm_router_endpoint_picked_total",
             Metric::Shed => "llm_router_shed_total",
             Metric::EndpointFallback => "llm_router_endpoint_fallback_total",
+            Metric::GlobalCalls => "llm_router_global_calls_total",
+            Metric::GlobalFallback => "llm_router_global_fallback_total",
+            Metric::GlobalOutage => "llm_router_global_outage",
+            Metric::LeaseRefills => "llm_router_global_lease_refills_total",
         }
     }
 
@@ -83,6 +101,7 @@ impl Metric {
             Metric::PromptTokensEstimated | Metric::RequestDuration | Metric::TimeToFirstToken => {
                 Kind::Histogram
             }
+            Metric::GlobalOutage => Kind::Gauge,
             _ => Kind::Counter,
         }
     }
@@ -99,10 +118,13 @@ impl Metric {
             Metric::InvalidBody => &[InvalidReason],
             Metric::EndpointPicked => &[Pool, Endpoint],
             Metric::EndpointFallback => &[Pool, FallbackReason],
+            Metric::GlobalCalls => &[Method, CallResult],
+            Metric::GlobalFallback | Metric::GlobalOutage => &[OutageAction],
+            Metric::LeaseRefills => &[Trigger],
         }
     }
 
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 15] = [
         Metric::Requests,
         Metric::ModelSelected,
         Metric::Tokens,
@@ -114,6 +136,10 @@ impl Metric {
         Metric::EndpointPicked,
         Metric::Shed,
         Metric::EndpointFallback,
+        Metric::GlobalCalls,
+        Metric::GlobalFallback,
+        Metric::GlobalOutage,
+        Metric::LeaseRefills,
     ];
 
     /// Label names, in order (for docs, dashboards and their tests).
@@ -134,6 +160,10 @@ impl Label {
             Label::Bucket => "bucket",
             Label::Pool => "pool",
             Label::Endpoint => "endpoint",
+            Label::Method => "method",
+            Label::CallResult => "result",
+            Label::OutageAction => "action",
+            Label::Trigger => "trigger",
         }
     }
 }
@@ -170,6 +200,31 @@ pub const INVALID_REASON: [&str; 5] = [
     "invalid_field",
 ];
 pub const FALLBACK_REASON: [&str; 3] = ["no_snapshot", "stale", "no_endpoint"];
+/// Quota service methods (`quota::Method::label`).
+pub const GLOBAL_METHOD: [&str; 3] = ["take", "give", "charge"];
+/// Results of a quota service call.
+pub const CALL_RESULT: [&str; 4] = ["ok", "error", "unreadable", "not_sent"];
+pub const CALL_OK: u16 = 0;
+/// The service answered with a gRPC error (including a timeout).
+pub const CALL_ERROR: u16 = 1;
+/// The answer could not be decoded.
+pub const CALL_UNREADABLE: u16 = 2;
+/// The host refused to start the call (e.g. an unknown cluster).
+pub const CALL_NOT_SENT: u16 = 3;
+/// `on_outage` actions (`outage_action`).
+pub const OUTAGE_ACTION: [&str; 3] = ["static_share", "reject", "admit"];
+pub const REFILL_TRIGGER: [&str; 2] = ["tick", "request"];
+pub const TRIGGER_TICK: u16 = 0;
+pub const TRIGGER_REQUEST: u16 = 1;
+
+/// Index into `OUTAGE_ACTION`.
+pub fn outage_action(a: crate::config::OnOutage) -> u16 {
+    match a {
+        crate::config::OnOutage::StaticShare => 0,
+        crate::config::OnOutage::Reject => 1,
+        crate::config::OnOutage::Admit => 2,
+    }
+}
 
 /// Index into `SELECT_REASON`.
 pub fn select_reason(r: crate::routing::Reason) -> u16 {
@@ -313,6 +368,10 @@ impl Catalog {
             Label::Bucket => fixed(&BUCKET),
             Label::InvalidReason => fixed(&INVALID_REASON),
             Label::FallbackReason => fixed(&FALLBACK_REASON),
+            Label::Method => fixed(&GLOBAL_METHOD),
+            Label::CallResult => fixed(&CALL_RESULT),
+            Label::OutageAction => fixed(&OUTAGE_ACTION),
+            Label::Trigger => fixed(&REFILL_TRIGGER),
         }
     }
 

@@ -5,7 +5,12 @@
 //! request is admitted against both with a single compare-and-swap. Refill is computed from the
 //! clock on access; nothing runs on ticks.
 
+mod background;
 pub mod bucket;
+pub mod calls;
+pub mod global;
+pub mod lease;
+mod lease_store;
 mod reconcile;
 mod tenants;
 
@@ -17,8 +22,10 @@ use bucket::UNIT;
 pub use reconcile::{outcome, reconcile, token_cost, Charge, Correction, Cost, End, Outcome};
 pub use tenants::{jwt_claim_path, overflow, resolve, Resolved, Tenant, MAX_TENANT_ID_LEN};
 
-/// Key prefix of everything this module stores in shared data.
+/// Key prefix of the per-proxy buckets in shared data.
 const PREFIX: &str = "llm_router/rl/";
+/// Key prefix of the leases of global limits (`tenants.global`).
+pub const GLOBAL_PREFIX: &str = "llm_router/gl/l/";
 
 /// Both buckets of one tenant at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,6 +335,17 @@ pub fn headers(status: &Status) -> Vec<(&'static str, String)> {
     out
 }
 
+/// Where a request's admission was booked (and so where its reconciliation goes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Booked {
+    /// The per-proxy buckets.
+    Local,
+    /// The lease of global limits.
+    Lease,
+    /// Beyond the lease during an outage of the quota service: debt, charged to Redis later.
+    Debt,
+}
+
 /// The outcome of rate limiting one request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Gate {
@@ -337,6 +355,17 @@ pub enum Gate {
         charged_tokens: u64,
         /// For the `x-ratelimit-*` response headers.
         status: Status,
+        booked: Booked,
+    },
+    /// Global limits: the lease lacks what the request needs; the request waits for this
+    /// synchronous `Take`, then `global::after_take` decides.
+    Take {
+        tenant: Tenant,
+        request: crate::quota::TakeRequest,
+        /// The request's token cost (as for `gate`).
+        tokens: u64,
+        /// The bucket to name in a 429 if nothing is granted.
+        lacking: Bucket,
     },
     Refuse {
         reply: LocalReply,
@@ -381,6 +410,7 @@ pub fn gate(cfg: &Tenants, id: Option<&str>, cost: u64, store: &dyn Store, now_m
             charged_tokens: charged(cost, &tenant.limits.tokens),
             tenant,
             status,
+            booked: Booked::Local,
         },
         Admission::Limited {
             bucket,
@@ -404,7 +434,8 @@ fn unknown_tenant() -> Gate {
     }
 }
 
-fn unavailable(why: String) -> Gate {
+/// The 503 of a request that cannot be charged (never admitted uncharged).
+pub fn unavailable(why: String) -> Gate {
     let reply = LocalReply::error(
         503,
         "server_error",
@@ -443,6 +474,10 @@ fn limited(tenant: Tenant, bucket: Bucket, retry_after_ms: u64, status: &Status)
     }
 }
 
+#[cfg(test)]
+mod global_prop_tests;
+#[cfg(test)]
+mod global_tests;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]

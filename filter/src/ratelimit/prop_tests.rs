@@ -85,6 +85,7 @@ fn prop_no_tenant_is_admitted_more_than_capacity_plus_refill() {
                 }
                 Gate::Refuse { reply, .. } => assert_eq!(reply.status, 429, "iter {iter}"),
                 Gate::Unavailable { why, .. } => panic!("iter {iter}: unavailable: {why}"),
+                Gate::Take { .. } => panic!("iter {iter}: a take without global limits"),
             }
         }
         // A slot may serve several ids one after another, each starting from a full bucket:

@@ -7,7 +7,8 @@
 //! sprayer's own buckets are drained, and real tenants find a slot again as soon as the
 //! sprayed buckets refill; only when every probed slot is busy does an id share `overflow`.
 
-use super::{Limits, State, Store, StoreError, PREFIX};
+use super::lease::Lease;
+use super::{Limits, State, Store, StoreError, GLOBAL_PREFIX, PREFIX};
 use crate::config::{TenantSource, Tenants, UnknownTenant};
 use crate::store::CREATE_CAS;
 
@@ -40,9 +41,19 @@ pub enum Resolved {
     Rejected,
 }
 
-fn fixed(key: &str, label: &str, limits: Limits) -> Tenant {
+/// Per-proxy buckets and global leases live under different keys, so a configuration that
+/// switches between the two never reads one as the other.
+fn prefix(cfg: &Tenants) -> &'static str {
+    if cfg.global.is_some() {
+        GLOBAL_PREFIX
+    } else {
+        PREFIX
+    }
+}
+
+fn fixed(cfg: &Tenants, key: &str, label: &str, limits: Limits) -> Tenant {
     Tenant {
-        key: format!("{PREFIX}{key}"),
+        key: format!("{}{key}", prefix(cfg)),
         label: label.to_string(),
         limits,
         owner: None,
@@ -51,7 +62,7 @@ fn fixed(key: &str, label: &str, limits: Limits) -> Tenant {
 
 /// The shared `overflow` bucket of unconfigured ids that get no slot.
 pub fn overflow(cfg: &Tenants) -> Tenant {
-    fixed("overflow", "overflow", cfg.default)
+    fixed(cfg, "overflow", "overflow", cfg.default)
 }
 
 /// Resolves a tenant id (from a header or a JWT claim; `None` when the request has none).
@@ -64,10 +75,15 @@ pub fn resolve(
     let id = id.map(str::trim).filter(|s| !s.is_empty());
     let Some(id) = id else {
         let limits = configured(cfg, "anonymous").unwrap_or(cfg.default);
-        return Ok(Resolved::Tenant(fixed("t/anonymous", "anonymous", limits)));
+        return Ok(Resolved::Tenant(fixed(
+            cfg,
+            "t/anonymous",
+            "anonymous",
+            limits,
+        )));
     };
     if let Some(limits) = configured(cfg, id) {
-        return Ok(Resolved::Tenant(fixed(&format!("t/{id}"), id, limits)));
+        return Ok(Resolved::Tenant(fixed(cfg, &format!("t/{id}"), id, limits)));
     }
     if cfg.unknown == UnknownTenant::Reject {
         return Ok(Resolved::Rejected);
@@ -78,12 +94,35 @@ pub fn resolve(
     Ok(Resolved::Tenant(slot_for(cfg, id, store, now_ms)?))
 }
 
-fn configured(cfg: &Tenants, id: &str) -> Option<Limits> {
+pub(super) fn configured(cfg: &Tenants, id: &str) -> Option<Limits> {
     cfg.limits.iter().find(|(n, _)| n == id).map(|(_, l)| *l)
 }
 
-fn slot_key(index: u64) -> String {
-    format!("{PREFIX}u/{index}")
+fn slot_key(cfg: &Tenants, index: u64) -> String {
+    format!("{}u/{index}", prefix(cfg))
+}
+
+/// A slot's record: its owner, and whether it may go to another id (a per-proxy bucket that
+/// is full again; a lease that is free). `None`: unreadable.
+fn slot_state<'a>(cfg: &Tenants, value: &'a [u8], now_ms: u64) -> Option<(&'a [u8], bool)> {
+    match &cfg.global {
+        None => {
+            let (state, owner) = State::decode_record(value)?;
+            Some((owner, state.is_full(&cfg.default, now_ms)))
+        }
+        Some(g) => {
+            let (lease, owner) = Lease::decode(value)?;
+            Some((owner, lease.is_free(now_ms, g.idle_ms)))
+        }
+    }
+}
+
+/// The record that claims a slot for `id`.
+fn claim_record(cfg: &Tenants, id: &str, now_ms: u64) -> Vec<u8> {
+    match &cfg.global {
+        None => State::full(&cfg.default, now_ms).encode_record(Some(id)),
+        Some(_) => Lease::empty(now_ms).encode(Some(id)),
+    }
 }
 
 /// FNV-1a: a stable hash (the same in every VM and across restarts).
@@ -109,17 +148,17 @@ fn slot_for(cfg: &Tenants, id: &str, store: &dyn Store, now_ms: u64) -> Result<T
     for _ in 0..CLAIM_TRIES {
         let mut free: Option<(String, u32)> = None;
         for i in 0..PROBES.min(slots) {
-            let key = slot_key((start + i) % slots);
+            let key = slot_key(cfg, (start + i) % slots);
             match store.get(&key)? {
                 Some((value, cas)) => {
-                    let Some((state, owner)) = State::decode_record(&value) else {
+                    let Some((owner, reclaimable)) = slot_state(cfg, &value, now_ms) else {
                         free = free.or(Some((key, cas)));
                         continue;
                     };
                     if owner == id.as_bytes() {
                         return Ok(own(key));
                     }
-                    if free.is_none() && state.is_full(&cfg.default, now_ms) {
+                    if free.is_none() && reclaimable {
                         free = Some((key, cas));
                     }
                 }
@@ -129,7 +168,7 @@ fn slot_for(cfg: &Tenants, id: &str, store: &dyn Store, now_ms: u64) -> Result<T
         let Some((key, cas)) = free else {
             return Ok(overflow(cfg));
         };
-        let record = State::full(&cfg.default, now_ms).encode_record(Some(id));
+        let record = claim_record(cfg, id, now_ms);
         match store.set(&key, &record, cas) {
             Ok(()) => return Ok(own(key)),
             // Another worker wrote the slot (perhaps for this same id): look again.

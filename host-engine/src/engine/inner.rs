@@ -31,7 +31,11 @@ pub(super) struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the channels ends the worker threads (no stream is left: streams hold Inner).
+        // Shutdown ends the worker threads (no stream is left: streams hold Inner); gRPC answers
+        // in flight may still hold senders, so closing the channels is not enough.
+        for s in &self.senders {
+            let _ = s.send(Cmd::Shutdown);
+        }
         self.senders.clear();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {

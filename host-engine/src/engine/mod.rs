@@ -2,6 +2,7 @@
 //! VM; shared data, queues and metrics shared by all VMs; real clock and OS randomness; memory
 //! limit per VM; a trap fails its stream and the VM is recreated (fail-reload).
 
+mod grpc;
 mod inner;
 mod step;
 mod stream;
@@ -12,6 +13,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+pub use grpc::{GrpcReply, GrpcTransport, GrpcTransportRef};
 pub use step::{HeaderPairs, Step, StreamProps};
 pub use stream::Stream;
 
@@ -45,6 +47,9 @@ pub struct EngineOptions {
     pub vm_id: String,
     pub root_id: String,
     pub plugin_name: String,
+    /// Performs the filter's `proxy_grpc_call`s (None: no upstream is known, every call gets
+    /// ParseFailure as for an unknown cluster in Envoy).
+    pub grpc: Option<GrpcTransportRef>,
 }
 
 impl Default for EngineOptions {
@@ -59,6 +64,7 @@ impl Default for EngineOptions {
             vm_id: "llm_router".into(),
             root_id: "llm_router".into(),
             plugin_name: "llm_router".into(),
+            grpc: None,
         }
     }
 }
@@ -110,6 +116,7 @@ fn shared_state(opts: &EngineOptions) -> Shared {
     s.log_sink = LogSink::Forward {
         keep: KEPT_LOG_LINES,
     };
+    s.grpc_clusters = Some(opts.grpc.as_ref().map_or(Vec::new(), |g| g.0.clusters()));
     s
 }
 
@@ -129,11 +136,13 @@ impl Engine {
             let (init_tx, init_rx) = mpsc::channel::<Result<(), String>>();
             let (f, sh, c) = (factory.clone(), shared.clone(), counters.clone());
             let (config, fail_open) = (opts.plugin_config.clone(), opts.fail_open);
+            let grpc = opts.grpc.clone().map(|g| (g, tx.clone()));
             let spawned = std::thread::Builder::new()
                 .name(format!("llm-router-vm-{w}"))
                 .spawn(
                     move || match Worker::start(w, f, sh, config, fail_open, c) {
-                        Ok(worker) => {
+                        Ok(mut worker) => {
+                            worker.grpc = grpc;
                             let _ = init_tx.send(Ok(()));
                             worker.run(rx);
                         }

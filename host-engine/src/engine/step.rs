@@ -95,6 +95,14 @@ pub(crate) enum Cmd {
         config: Vec<u8>,
         reply: Sender<Result<(), String>>,
     },
+    /// The answer of a gRPC call a VM of generation `generation` made.
+    GrpcAnswer {
+        generation: u64,
+        token: u32,
+        answer: crate::types::GrpcAnswer,
+    },
+    /// The engine is going away (answers in flight may still hold senders).
+    Shutdown,
 }
 
 /// A stream as its worker thread tracks it: where it lives and what was already emitted.
@@ -107,6 +115,9 @@ pub(super) struct Pinned {
     pub complete_sent: [bool; 2],
     pub replied: Option<Step>,
     pub trap: Option<String>,
+    /// The last callback held the stream while its context waits for gRPC answers: its step
+    /// (direction, body step) is sent when they arrived.
+    pub waiting: Option<(Dir, bool)>,
 }
 
 fn index(d: Dir) -> usize {

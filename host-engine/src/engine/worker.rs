@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use super::grpc::{GrpcReply, GrpcTransportRef};
 use super::inner::Counters;
 use super::step::{self, Cmd, Op, Pinned, Step, StreamProps};
 use crate::core::Core;
 use crate::state::{lock, Dir, SharedRef, StreamState};
-use crate::types::{PropValue, StreamKey};
+use crate::types::{grpc_code, GrpcAnswer, PropValue, StreamKey};
 use crate::vm::VmFactory;
 
 /// How long an idle worker sleeps before looking for queue notifications from other workers.
@@ -31,6 +32,8 @@ pub(super) struct Worker {
     pub counters: Arc<Counters>,
     /// After a failed VM recreation: when to try again.
     pub retry_at: Option<Instant>,
+    /// Performs gRPC calls, answering on this worker's channel.
+    pub grpc: Option<(GrpcTransportRef, Sender<Cmd>)>,
 }
 
 impl Worker {
@@ -61,18 +64,22 @@ impl Worker {
             streams: HashMap::new(),
             counters,
             retry_at: None,
+            grpc: None,
         })
     }
 
     pub fn run(mut self, rx: Receiver<Cmd>) {
         loop {
             match rx.recv_timeout(self.wait()) {
+                Ok(Cmd::Shutdown) => break,
                 Ok(cmd) => self.handle(cmd),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.fire_timers();
             self.core.settle();
+            self.dispatch_grpc();
+            self.release_waiting();
             self.reload_if_failed();
         }
         // Envoy ends every stream when a worker goes away.
@@ -122,6 +129,66 @@ impl Worker {
             Cmd::Configure { config, reply } => {
                 let _ = reply.send(self.configure(config));
             }
+            Cmd::GrpcAnswer {
+                generation,
+                token,
+                answer,
+            } => {
+                if generation == self.generation {
+                    // Err: cancelled, timed out or its context ended meanwhile; or a trap
+                    // (recorded, the VM is recreated).
+                    let _ = self.core.answer_grpc_call(self.w, token, answer);
+                }
+            }
+            Cmd::Shutdown => {}
+        }
+    }
+
+    /// Hands the gRPC calls the guest made since the last time to the transport.
+    fn dispatch_grpc(&mut self) {
+        let calls = self.core.take_new_grpc_calls();
+        for call in calls {
+            match &self.grpc {
+                Some((transport, sender)) => {
+                    let reply = GrpcReply {
+                        sender: sender.clone(),
+                        generation: self.generation,
+                        token: call.token,
+                    };
+                    transport.0.start(call, reply);
+                }
+                None => {
+                    let answer = GrpcAnswer::err(grpc_code::UNAVAILABLE, "no gRPC transport");
+                    let _ = self.core.answer_grpc_call(self.w, call.token, answer);
+                }
+            }
+        }
+    }
+
+    /// Sends the step of every stream held on gRPC answers that are all in (or whose VM is
+    /// gone, or that the filter answered locally meanwhile).
+    fn release_waiting(&mut self) {
+        let fail_open = self.core.fail_open;
+        for p in self.streams.values_mut() {
+            let Some((d, body_step)) = p.waiting else {
+                continue;
+            };
+            if p.generation == self.generation {
+                let decided = self
+                    .core
+                    .stream(p.key)
+                    .is_none_or(|s| s.trap.is_some() || s.local_reply.is_some() || s.reset);
+                if !decided && self.core.has_grpc_calls(self.w, p.key.context) {
+                    continue;
+                }
+            } else {
+                p.trap.get_or_insert_with(|| {
+                    "the filter's VM was recreated after a trap while the stream waited".into()
+                });
+            }
+            p.waiting = None;
+            let step = step::after(&mut self.core, p, d, body_step, fail_open);
+            let _ = p.reply.send(step);
         }
     }
 
@@ -139,6 +206,7 @@ impl Worker {
             complete_sent: [false; 2],
             replied: None,
             trap: None,
+            waiting: None,
         };
         match self.core.new_stream(self.w, stream_state(props)) {
             Ok(key) => {
@@ -175,7 +243,13 @@ impl Worker {
             let k = p.key;
             let (d, body_step) = run_op(&mut self.core, k, op);
             self.core.settle();
-            step::after(&mut self.core, p, d, body_step, fail_open)
+            let step = step::after(&mut self.core, p, d, body_step, fail_open);
+            if step == Step::Hold && self.core.has_grpc_calls(self.w, k.context) {
+                // Paused on a gRPC call: the step goes out when the answer is in.
+                p.waiting = Some((d, body_step));
+                return;
+            }
+            step
         };
         let _ = p.reply.send(step);
         self.reload_if_failed();

@@ -191,10 +191,12 @@ fn proxy_http_call(
     ok()
 }
 
-fn grpc_start(c: &mut C, ret: i32) -> R {
+/// A gRPC stream (not supported by this host): the token is handed out and the stream is closed
+/// with UNIMPLEMENTED after the current call.
+fn grpc_stream_start(c: &mut C, ret: i32) -> R {
     let d = c.data_mut();
     let token = d.next_grpc_token;
-    d.next_grpc_token += 1;
+    d.next_grpc_token = d.next_grpc_token.wrapping_add(2).max(2);
     let ctx = d.context();
     d.grpc_to_close.push((ctx, token));
     if !write_u32(c, ret, token) {
@@ -203,23 +205,99 @@ fn grpc_start(c: &mut C, ret: i32) -> R {
     ok()
 }
 
+/// The next free odd call token of this VM (Envoy's call ids are odd, stream ids even).
+fn next_call_token(d: &mut VmState) -> u32 {
+    loop {
+        let token = d.next_grpc_call_token | 1;
+        d.next_grpc_call_token = token.wrapping_add(2);
+        if !d.grpc_calls.contains_key(&token) {
+            return token;
+        }
+    }
+}
+
+/// `proxy_grpc_call(upstream, service, method, initial_metadata, message, timeout, &token)`.
+/// As Envoy: `upstream` is a serialized GrpcService or a cluster name (`grpc_upstream`); one
+/// that names no known cluster is ParseFailure; the answer arrives
+/// later on the calling context (`proxy_on_grpc_receive` or `proxy_on_grpc_close`).
 #[allow(clippy::too_many_arguments)]
 fn proxy_grpc_call(
     mut c: C,
-    _a: i32,
-    _b: i32,
-    _c2: i32,
-    _d: i32,
-    _e: i32,
-    _f: i32,
-    _g: i32,
-    _h: i32,
-    _i: i32,
-    _j: i32,
-    _timeout: i32,
+    up: i32,
+    ul: i32,
+    sp: i32,
+    sl: i32,
+    mp: i32,
+    ml: i32,
+    hp: i32,
+    hl: i32,
+    bp: i32,
+    bl: i32,
+    timeout: i32,
     ret: i32,
 ) -> R {
-    grpc_start(&mut c, ret)
+    use crate::types::grpc_limits as lim;
+    let too_big = |len: i32, max: usize| len as u32 as usize > max;
+    if too_big(ul, lim::MAX_NAME_BYTES)
+        || too_big(sl, lim::MAX_NAME_BYTES)
+        || too_big(ml, lim::MAX_NAME_BYTES)
+        || too_big(hl, lim::MAX_METADATA_BYTES)
+        || too_big(bl, lim::MAX_MESSAGE_BYTES)
+    {
+        return st(Status::BadArgument);
+    }
+    let upstream = read_or_fail!(&mut c, up, ul);
+    let upstream = match crate::grpc_upstream::read(&upstream) {
+        crate::grpc_upstream::GrpcUpstream::Cluster(name) => match String::from_utf8(name) {
+            Ok(name) => name,
+            // No cluster has such a name.
+            Err(_) => return st(Status::ParseFailure),
+        },
+        crate::grpc_upstream::GrpcUpstream::Unsupported => return st(Status::BadArgument),
+    };
+    let service = str_or_fail!(&mut c, sp, sl);
+    let method = str_or_fail!(&mut c, mp, ml);
+    let hdata = read_or_fail!(&mut c, hp, hl);
+    let message = read_or_fail!(&mut c, bp, bl);
+    let Ok(metadata) = abi::deserialize_pairs_raw(&hdata) else {
+        return st(Status::ParseFailure);
+    };
+    if let Some(known) = &lock(&c.data().shared).grpc_clusters {
+        if !known.contains(&upstream) {
+            return st(Status::ParseFailure);
+        }
+    }
+    if c.data().grpc_calls.len() >= lim::MAX_PENDING_CALLS {
+        return st(Status::InternalFailure);
+    }
+    let now = now_ms(c.data());
+    let d = c.data_mut();
+    let token = next_call_token(d);
+    let timeout_ms = timeout as u32;
+    let info = GrpcCallInfo {
+        worker: d.worker,
+        token,
+        context_id: d.context(),
+        upstream,
+        service,
+        method,
+        initial_metadata: Headers::from_pairs(&metadata),
+        message,
+        timeout_ms,
+    };
+    d.grpc_calls.insert(
+        token,
+        PendingGrpc {
+            info,
+            deadline_ms: (timeout_ms > 0).then(|| now + timeout_ms as u64),
+            dispatched: false,
+        },
+    );
+    if !write_u32(&mut c, ret, token) {
+        c.data_mut().grpc_calls.remove(&token);
+        return st(Status::InvalidMemoryAccess);
+    }
+    ok()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -235,7 +313,27 @@ fn proxy_grpc_stream(
     _h: i32,
     ret: i32,
 ) -> R {
-    grpc_start(&mut c, ret)
+    grpc_stream_start(&mut c, ret)
+}
+
+/// `proxy_grpc_cancel` and `proxy_grpc_close` on a unary call: the call is dropped and its
+/// answer never delivered (Envoy: NotFound for an unknown call token).
+fn grpc_drop(mut c: C, token: i32) -> R {
+    let token = token as u32;
+    let d = c.data_mut();
+    if token & 1 == 1 {
+        return match d.grpc_calls.remove(&token) {
+            Some(_) => ok(),
+            None => st(Status::NotFound),
+        };
+    }
+    let before = d.grpc_to_close.len();
+    d.grpc_to_close.retain(|(_, t)| *t != token);
+    if d.grpc_to_close.len() < before {
+        ok()
+    } else {
+        st(Status::NotFound)
+    }
 }
 
 fn proxy_get_status(mut c: C, code_ptr: i32, ptr_ptr: i32, size_ptr: i32) -> R {
@@ -320,10 +418,11 @@ fn proxy_increment_metric(c: C, id: i32, offset: i64) -> R {
     let Some(m) = s.metrics.get_mut(name) else {
         return st(Status::NotFound);
     };
+    // Envoy's stats are 64-bit integers that wrap; a guest's huge offset must not panic here.
     match kind {
-        MetricKind::Counter if offset > 0 => m.value += offset,
+        MetricKind::Counter if offset > 0 => m.value = m.value.wrapping_add(offset),
         MetricKind::Counter => return st(Status::BadArgument),
-        MetricKind::Gauge => m.value += offset,
+        MetricKind::Gauge => m.value = m.value.wrapping_add(offset),
         MetricKind::Histogram => return st(Status::BadArgument),
     }
     ok()
@@ -339,7 +438,7 @@ fn proxy_record_metric(c: C, id: i32, value: i64) -> R {
         return st(Status::NotFound);
     };
     match kind {
-        MetricKind::Counter => m.value += value,
+        MetricKind::Counter => m.value = m.value.wrapping_add(value),
         MetricKind::Gauge => m.value = value,
         MetricKind::Histogram => {
             m.samples.push(value as u64);
@@ -411,7 +510,7 @@ pub(super) fn register(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_grpc_send",
         |_c: C, _t: i32, _p: i32, _l: i32, _e: i32| ok(),
     )?;
-    l.func_wrap("env", "proxy_grpc_cancel", |_c: C, _t: i32| ok())?;
-    l.func_wrap("env", "proxy_grpc_close", |_c: C, _t: i32| ok())?;
+    l.func_wrap("env", "proxy_grpc_cancel", grpc_drop)?;
+    l.func_wrap("env", "proxy_grpc_close", grpc_drop)?;
     Ok(())
 }

@@ -23,12 +23,15 @@ fn buffer_bytes(d: &VmState, t: i32) -> Result<Vec<u8>, Status> {
             Some(r) => Ok(r.body.clone()),
             None => Err(Status::NotFound),
         },
+        buffer::GRPC_RECEIVE_BUFFER => match &d.grpc_receive {
+            Some(b) => Ok(b.clone()),
+            None => Err(Status::NotFound),
+        },
         buffer::VM_CONFIGURATION => Ok(d.vm_config.clone()),
         buffer::PLUGIN_CONFIGURATION => Ok(d.plugin_config.clone()),
-        buffer::DOWNSTREAM_DATA
-        | buffer::UPSTREAM_DATA
-        | buffer::GRPC_RECEIVE_BUFFER
-        | buffer::CALL_DATA => Err(Status::NotFound),
+        buffer::DOWNSTREAM_DATA | buffer::UPSTREAM_DATA | buffer::CALL_DATA => {
+            Err(Status::NotFound)
+        }
         _ => Err(Status::BadArgument),
     }
 }

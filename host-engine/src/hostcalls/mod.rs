@@ -4,8 +4,10 @@ use wasmtime::{Caller, Extern, Linker, Memory};
 
 use crate::abi::{self, buffer, map, stream, LogLevel, Status};
 use crate::metrics::MetricKind;
-use crate::state::{lock, Access, CallResponse, PendingCall, VmState};
-use crate::types::{ForeignCall, Headers, HttpCallInfo, LocalReply, LogLine, PropValue};
+use crate::state::{lock, Access, CallResponse, PendingCall, PendingGrpc, VmState};
+use crate::types::{
+    ForeignCall, GrpcCallInfo, Headers, HttpCallInfo, LocalReply, LogLine, PropValue,
+};
 
 type C<'a> = Caller<'a, VmState>;
 type R = wasmtime::Result<i32>;

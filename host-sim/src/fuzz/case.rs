@@ -155,6 +155,22 @@ pub struct Case {
     pub cancel: Cancel,
     #[serde(default)]
     pub response: Option<Response>,
+    /// How the gRPC calls the filter makes during the case are answered, in turn (cycled;
+    /// none: UNAVAILABLE).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc: Vec<GrpcPlan>,
+}
+
+/// The answer to one gRPC call of the filter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrpcPlan {
+    /// Status OK with these response bytes.
+    Ok(Bytes),
+    /// A non-OK status (any number, even one gRPC does not define) with this message.
+    Status { code: u32, message: Bytes },
+    /// No answer: the clock moves to the call's deadline (DEADLINE_EXCEEDED).
+    Timeout,
 }
 
 fn default_source() -> String {

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use super::case::{split_at, Cancel, Case, Pairs};
+use super::case::{split_at, Cancel, Case, GrpcPlan, Pairs};
 use crate::{Exchange, Host};
 
 /// What one delivery of a case decided, compared between the two deliveries.
@@ -106,6 +106,7 @@ fn add_pairs<'h>(
 pub fn run(host: &mut Host, case: &Case, how: Delivery, owned: &[String]) -> Result<Observed> {
     host.advance_ms(case.advance_ms)?;
     let traps_before = host.traps().len();
+    answer_grpc(host, &case.grpc)?;
     let result = drive(host, case, how, owned);
     let traps: Vec<String> = host.traps()[traps_before..]
         .iter()
@@ -133,6 +134,37 @@ pub fn run(host: &mut Host, case: &Case, how: Delivery, owned: &[String]) -> Res
         }),
         Err(e) => Err(e),
     }
+}
+
+/// Answers every outstanding gRPC call of the filter (and those the answers make) with the
+/// case's plans in turn. An answer the host refuses (the call went meanwhile) is skipped; a
+/// trap in an answer callback is recorded by the host and reported with the case's traps.
+fn answer_grpc(host: &mut Host, plans: &[GrpcPlan]) -> Result<()> {
+    let mut turn = 0usize;
+    for _ in 0..64 {
+        let calls = host.pending_grpc_calls();
+        if calls.is_empty() {
+            return Ok(());
+        }
+        for call in calls {
+            let plan = plans.get(turn % plans.len().max(1));
+            turn += 1;
+            let (w, t) = (call.worker, call.token);
+            let _ = match plan {
+                Some(GrpcPlan::Ok(bytes)) => host.respond_grpc_call(w, t, &bytes.0),
+                Some(GrpcPlan::Status { code, message }) => {
+                    host.fail_grpc_call(w, t, *code, &String::from_utf8_lossy(&message.0))
+                }
+                Some(GrpcPlan::Timeout) if call.timeout_ms > 0 => {
+                    host.advance_ms(call.timeout_ms.into())?;
+                    Ok(())
+                }
+                Some(GrpcPlan::Timeout) => host.fail_grpc_call(w, t, 4, "deadline exceeded"),
+                None => host.fail_grpc_call(w, t, 14, "fuzz: no answer planned"),
+            };
+        }
+    }
+    Ok(())
 }
 
 /// A wasmtime trap message without the runtime's own frames: the first line, the frames of
@@ -168,6 +200,7 @@ fn drive(host: &mut Host, case: &Case, how: Delivery, owned: &[String]) -> Resul
         rb = rb.stop_after_chunks(n);
     }
     let mut ex = rb.send();
+    answer_grpc(ex.host(), &case.grpc)?;
     let stalled = stop.is_none() && ex.trap().is_none() && ex.stalled();
     let mut decision = request_decision(&ex, owned);
     let owned_raw = owned_raw(&ex, owned);
@@ -196,6 +229,7 @@ fn drive(host: &mut Host, case: &Case, how: Delivery, owned: &[String]) -> Resul
             }
             rs.send()?;
         }
+        answer_grpc(ex.host(), &case.grpc)?;
     }
     client_side(&ex, &mut decision);
     match case.cancel {
@@ -258,3 +292,7 @@ fn client_side(ex: &Exchange<'_>, d: &mut Decision) {
             .collect();
     }
 }
+
+#[cfg(test)]
+#[path = "exec_tests.rs"]
+mod tests;

@@ -1,7 +1,7 @@
 //! Case generator: request line, headers, chunking, cancels and the response around a body
 //! from [`super::gen_body`].
 
-use super::case::{Bytes, Cancel, Case, Pairs};
+use super::case::{Bytes, Cancel, Case, GrpcPlan, Pairs};
 use super::facts::Facts;
 use super::gen_body;
 use super::gen_wire::{cuts, pair, random_pairs, shuffle, value_bytes, ENDPOINTS};
@@ -55,7 +55,35 @@ pub fn case(rng: &mut Rng, facts: &Facts, tempo: u64) -> Case {
     if rng.chance(3, 10) {
         shuffle(rng, &mut c.headers);
     }
+    c.grpc = grpc_plans(rng);
     c
+}
+
+/// Answers for the filter's gRPC calls: response bytes (empty, random, or a small varint
+/// field), statuses (defined or not), timeouts.
+pub(super) fn grpc_plans(rng: &mut Rng) -> Vec<GrpcPlan> {
+    let n = 1 + rng.below_usize(3);
+    (0..n)
+        .map(|_| match rng.below(10) {
+            0..=4 => {
+                let bytes = match rng.below(3) {
+                    0 => Vec::new(),
+                    1 => vec![0x08, rng.byte() & 0x7f],
+                    _ => (0..rng.len(64)).map(|_| rng.byte()).collect(),
+                };
+                GrpcPlan::Ok(Bytes(bytes))
+            }
+            5..=7 => GrpcPlan::Status {
+                code: if rng.chance(9, 10) {
+                    rng.below(17) as u32
+                } else {
+                    rng.next_u64() as u32
+                },
+                message: Bytes((0..rng.len(24)).map(|_| rng.byte()).collect()),
+            },
+            _ => GrpcPlan::Timeout,
+        })
+        .collect()
 }
 
 fn base(method: &str, path: Vec<u8>) -> Case {
@@ -71,6 +99,7 @@ fn base(method: &str, path: Vec<u8>) -> Case {
         trailers: None,
         cancel: Cancel::Never,
         response: None,
+        grpc: Vec::new(),
     }
 }
 

@@ -41,7 +41,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-pub use case::{escape, split_at, unescape, Bytes, Cancel, Case, Response};
+pub use case::{escape, split_at, unescape, Bytes, Cancel, Case, GrpcPlan, Response};
 pub use check::Violation;
 pub use exec::{Delivery, Observed};
 pub use facts::Facts;
