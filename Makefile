@@ -61,9 +61,9 @@ lint: ## cargo fmt --check and clippy -D warnings (native and wasm32)
 fmt: ## Format the Rust code
 	cargo fmt --all
 
-run: $(WASM) setup ## Envoy with the filter, mock model servers and the sidecar on localhost
+run: $(WASM) setup ## Envoy with the filter, mock model servers and the sidecar on localhost (TRACING=1: and a trace receiver, one trace printed)
 	cargo build --release -p llm-router-sidecar -p llm-router-extproc
-	@scripts/run.sh
+	@TRACING=$(TRACING) scripts/run.sh
 
 bench: $(WASM) setup ## Benchmarks: estimator accuracy, instructions per request (host-sim cost), Envoy: passthrough/buffer/Lua/filter, memory
 	@scripts/bench.sh

@@ -10,6 +10,10 @@
 #   sidecar             target/release/llm-router-sidecar --config sidecar/examples/sidecar.json
 # Logs go to run/ in the repository (gitignored). Ctrl-C or SIGTERM stops everything.
 # LLM_ROUTER_PUSH_TOKEN (the sidecar's push token) is generated unless already set.
+# TRACING=1 (`make run TRACING=1`): also an OTLP receiver on 127.0.0.1:4317 that prints every span
+# (scripts/otlp_receiver.py, run/otlp.log), Envoy on envoy-config/envoy-otel.yaml (on Envoy 1.36:
+# envoy-otel-1.36.yaml) for both gateways (those configs keep per-proxy limits), and one traced
+# request whose span is printed (docs/tracing.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -23,6 +27,8 @@ QUOTA_PORTS=(9004 9005 9091)
 EXTPROC_BIN=target/release/llm-router-extproc
 ENVOY_CONFIG=envoy-config/envoy-global.yaml
 MOCK_PORTS=(8101 8102 8103 8201 8202)
+TRACING=${TRACING:-0}
+OTLP_PORT=4317
 SIDECAR_BIN=target/release/llm-router-sidecar
 SIDECAR_CONFIG=sidecar/examples/sidecar.json
 
@@ -48,8 +54,9 @@ $(tail -20 "$RUN_DIR/$4.log" 2>/dev/null)"
 # --- preconditions --------------------------------------------------------------------------
 [ -f dist/llm_router.wasm ] || die "dist/llm_router.wasm is missing: run \`make build\` (or \`make run\`)"
 busy=()
-for p in "$LISTENER" "$ADMIN" "$LISTENER2" "$ADMIN2" "$REDIS_PORT" "${QUOTA_PORTS[@]}" \
-         "${MOCK_PORTS[@]}"; do
+ports=("$LISTENER" "$ADMIN" "$LISTENER2" "$ADMIN2" "$REDIS_PORT" "${QUOTA_PORTS[@]}" "${MOCK_PORTS[@]}")
+[ "$TRACING" = 1 ] && ports+=("$OTLP_PORT")
+for p in "${ports[@]}"; do
   if port_busy "$p"; then
     h=$(holder "$p")
     busy+=("127.0.0.1:$p${h:+ (held by $h)}")
@@ -66,6 +73,16 @@ REDIS=$(scripts/redis-bin.sh) || die "no redis-server (scripts/redis-bin.sh fail
 PY=python3
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 command -v "$PY" >/dev/null 2>&1 || die "python3 is needed for the mock servers"
+if [ "$TRACING" = 1 ]; then
+  "$PY" -c 'import grpc, opentelemetry.proto' 2>/dev/null \
+    || die "TRACING=1 needs grpcio and opentelemetry-proto in .venv: run scripts/setup-python.sh"
+  minor=$("$ENVOY" --version 2>/dev/null | sed -nE 's@.*/1\.([0-9]+)\.[0-9]+/.*@\1@p' | head -1)
+  if [ "${minor:-0}" -ge 37 ]; then
+    ENVOY_CONFIG=envoy-config/envoy-otel.yaml
+  else
+    ENVOY_CONFIG=envoy-config/envoy-otel-1.36.yaml
+  fi
+fi
 
 if [ -z "${LLM_ROUTER_PUSH_TOKEN:-}" ]; then
   LLM_ROUTER_PUSH_TOKEN=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
@@ -142,6 +159,12 @@ start quota "$EXTPROC_BIN" quota --redis "redis://127.0.0.1:$REDIS_PORT" \
   --plugin-config "$RUN_DIR/plugin.json"
 quota_pid=${PIDS[-1]}
 wait_port "${QUOTA_PORTS[0]}" 15 "$quota_pid" quota
+
+# --- OTLP receiver (TRACING=1) --------------------------------------------------------------
+if [ "$TRACING" = 1 ]; then
+  start otlp "$PY" -u scripts/otlp_receiver.py --port "$OTLP_PORT"
+  wait_port "$OTLP_PORT" 10 "${PIDS[-1]}" otlp
+fi
 
 # --- Envoy x 2 ------------------------------------------------------------------------------
 # Two replicas of the same gateway; the second is the same file on other ports.
@@ -228,6 +251,27 @@ Try (the mock echoes what it received in "mock"; its answer header x-mock-instan
 
 Ctrl-C stops everything.
 EOF
+
+# --- one trace (TRACING=1) ------------------------------------------------------------------
+if [ "$TRACING" = 1 ]; then
+  trace_id=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+  echo "Tracing: one request in trace $trace_id (Envoy exports every 5 s; waiting for its span)"
+  curl -s -o /dev/null -w '  answered %{http_code}\n' "$URL/v1/chat/completions" \
+    -H 'content-type: application/json' -H 'x-tenant-id: acme' \
+    -H "traceparent: 00-$trace_id-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')-01" \
+    -d '{"model":"anything","messages":[{"role":"user","content":"Say hi"}],"max_tokens":5}' || true
+  deadline=$((SECONDS + 15))
+  until grep -q "trace=$trace_id" "$RUN_DIR/otlp.log" 2>/dev/null || [ $SECONDS -ge $deadline ]; do
+    sleep 0.2
+  done
+  sleep 0.3
+  if grep -q "trace=$trace_id" "$RUN_DIR/otlp.log"; then
+    awk -v t="trace=$trace_id" '/^span /{show = index($0, t) > 0} show' "$RUN_DIR/otlp.log"
+  else
+    echo "  no span for it within 15 s; see run/otlp.log and run/envoy.log"
+  fi
+  echo "Every span goes to run/otlp.log."
+fi
 
 # --- wait -----------------------------------------------------------------------------------
 # Until a signal arrives or one of the processes exits on its own.

@@ -9,6 +9,9 @@
 #   scripts/istio-envoy-configs.sh OUTDIR                 if present and executable: it writes
 #                                                         Envoy bootstrap files into OUTDIR,
 #                                                         each is validated
+# A config whose header says `# min-envoy: X.Y` (fields older Envoys reject, e.g. the tracing
+# configs' formatter custom tags, 1.37) is checked only on Envoy >= X.Y; older ones print SKIP
+# with the reason (their version has its own file, e.g. envoy-otel-1.36.yaml).
 # Needs dist/llm_router.wasm (make build).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +21,9 @@ if [ ! -f dist/llm_router.wasm ]; then
   exit 1
 fi
 envoy=$(scripts/envoy-bin.sh) || { echo "validate-envoy: no Envoy binary (scripts/envoy-bin.sh failed)" >&2; exit 1; }
+
+version=$("$envoy" --version 2>/dev/null | sed -nE 's@.*/([0-9]+)\.([0-9]+)\.[0-9]+/.*@\1 \2@p' | head -1)
+read -r major minor <<<"${version:-0 0}"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -45,6 +51,14 @@ fi
 
 failed=${failed:-0}
 for f in "${files[@]}"; do
+  need=$(sed -nE '1,10s/^# min-envoy: ([0-9]+)\.([0-9]+).*/\1 \2/p' "$f" | head -1)
+  if [ -n "$need" ]; then
+    read -r nmaj nmin <<<"$need"
+    if [ "$major" -lt "$nmaj" ] || { [ "$major" -eq "$nmaj" ] && [ "$minor" -lt "$nmin" ]; }; then
+      printf 'SKIP  %s (needs Envoy >= %s.%s; this is %s.%s)\n' "${f#"$tmp"/}" "$nmaj" "$nmin" "$major" "$minor"
+      continue
+    fi
+  fi
   log="$tmp/out.log"
   start=$(date +%s%N)
   if "$envoy" --mode validate -c "$f" --log-level warn >"$log" 2>&1; then

@@ -1,7 +1,7 @@
 //! Command line: `llm-router-extproc --wasm FILE --plugin-config FILE [--grpc-addr ADDR]
 //! [--health-addr ADDR] [--metrics-addr ADDR] [--plaintext | --tls-cert F --tls-key F]
 //! [--workers N] [--env NAME]... [--fail-open] [--drain-seconds N] [--memory-limit-mb N]
-//! [--grpc-cluster NAME=URL]...`.
+//! [--grpc-cluster NAME=URL]... [--otlp-endpoint URL]`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -10,7 +10,8 @@ use std::path::PathBuf;
 pub const USAGE: &str = "usage: llm-router-extproc --wasm FILE --plugin-config FILE \
 [--grpc-addr ADDR] [--health-addr ADDR] [--metrics-addr ADDR] \
 [--plaintext | --tls-cert FILE --tls-key FILE] [--workers N] [--env NAME]... \
-[--fail-open] [--drain-seconds N] [--memory-limit-mb N] [--grpc-cluster NAME=URL]...
+[--fail-open] [--drain-seconds N] [--memory-limit-mb N] [--grpc-cluster NAME=URL]... \
+[--otlp-endpoint URL]
        llm-router-extproc quota --redis URL [...]   (the global-limits quota service; quota --help)
 
   --grpc-cluster NAME=URL  the target of the module's gRPC calls (proxy_grpc_call) to upstream
@@ -18,7 +19,10 @@ pub const USAGE: &str = "usage: llm-router-extproc --wasm FILE --plugin-config F
                            name. URL is http://HOST[:PORT] (plaintext HTTP/2) or
                            https://HOST[:PORT] (TLS, verified against the system's roots).
                            Calls to names not given fail in the module as for an unknown
-                           cluster (ParseFailure).";
+                           cluster (ParseFailure).
+  --otlp-endpoint URL      export a span per request over OTLP/gRPC to this collector
+                           (http://HOST:PORT); default OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+                           OTEL_EXPORTER_OTLP_ENDPOINT; none: no spans (docs/tracing.md).";
 
 /// How the gRPC listeners speak.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +54,9 @@ pub struct Options {
     pub memory_limit_mb: usize,
     /// `--grpc-cluster NAME=URL`: targets of the module's gRPC calls.
     pub grpc_clusters: grpc_call::Clusters,
+    /// OTLP/gRPC collector for spans (`http://host:4317`); without it (and without
+    /// OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT) the server emits no spans.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A command-line problem; the message names the flag.
@@ -118,6 +125,22 @@ fn env_name(value: &str) -> Result<String, CliError> {
     }
 }
 
+fn otlp_endpoint(value: &str) -> Result<String, CliError> {
+    let rest = value
+        .strip_prefix("http://")
+        .or_else(|| value.strip_prefix("https://"))
+        .unwrap_or(value);
+    let host_port = rest.trim_end_matches('/');
+    if host_port.is_empty() || host_port.contains(['/', ' ']) || !host_port.contains(':') {
+        return Err(CliError::Invalid {
+            flag: "--otlp-endpoint".into(),
+            value: value.to_string(),
+            why: "expected a collector address such as http://127.0.0.1:4317".into(),
+        });
+    }
+    Ok(value.trim_end_matches('/').to_string())
+}
+
 /// Parses the arguments after the program name.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliError> {
     let mut args = args.into_iter();
@@ -135,6 +158,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliErro
         drain_seconds: 30,
         memory_limit_mb: 256,
         grpc_clusters: grpc_call::Clusters::default(),
+        otlp_endpoint: None,
     };
     let mut plaintext = false;
     while let Some(arg) = args.next() {
@@ -180,6 +204,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliErro
                 let cluster = grpc_call::parse_cluster(&value).map_err(invalid)?;
                 opts.grpc_clusters.add(cluster).map_err(invalid)?;
             }
+            "--otlp-endpoint" => opts.otlp_endpoint = Some(otlp_endpoint(&value)?),
             _ => return Err(CliError::Unknown(arg)),
         }
     }

@@ -45,6 +45,16 @@ pub trait FilterStream: Send + 'static {
     fn response_trailers(&mut self, trailers: Headers) -> Step;
     /// The stream ended (normally, or the gateway cancelled it): on_log + on_done + on_delete.
     fn finish(self);
+    /// `finish`, returning the properties under `prefix` the filter left (what it published
+    /// for the trace, `llm_router::trace`), segments joined by `.`.
+    fn finish_published(self, prefix: &str) -> Vec<(String, Vec<u8>)>
+    where
+        Self: Sized,
+    {
+        let _ = prefix;
+        self.finish();
+        Vec::new()
+    }
 }
 
 /// What Envoy would answer to `proxy_get_property` for one stream.

@@ -72,6 +72,9 @@ impl FilterStream for ProductionStream {
     fn finish(self) {
         self.0.finish();
     }
+    fn finish_published(self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        self.0.finish_published(prefix)
+    }
 }
 
 impl FilterEngine for ProductionEngine {

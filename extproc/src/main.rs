@@ -29,6 +29,17 @@ fn env_values(names: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The standard OpenTelemetry variables, when `--otlp-endpoint` is not given.
+fn otlp_from_env() -> Option<String> {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .filter_map(|n| std::env::var(n).ok())
+    .find(|v| !v.trim().is_empty())
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -67,6 +78,7 @@ async fn run(opts: Options) -> Result<(), String> {
         plugin_config,
         drain: Duration::from_secs(opts.drain_seconds),
         reload_period: Duration::from_secs(1),
+        otlp_endpoint: opts.otlp_endpoint.clone().or_else(otlp_from_env),
     })
     .await
     .map_err(|e| e.to_string())?;

@@ -128,6 +128,11 @@ impl<S: FilterStream> Session<S> {
         self.stream.finish();
     }
 
+    /// `finish`, returning what the filter published under `prefix` (for the trace).
+    pub fn finish_published(self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        self.stream.finish_published(prefix)
+    }
+
     /// Answers one message of Envoy's; the result may be empty (held) or several messages.
     pub fn handle(&mut self, message: ProcessingRequest) -> Vec<ProcessingResponse> {
         if let Some(config) = &message.protocol_config {

@@ -56,6 +56,8 @@ pub struct ServeOptions {
     pub plugin_config: Vec<u8>,
     pub drain: Duration,
     pub reload_period: Duration,
+    /// OTLP/gRPC collector for the server's spans (`--otlp-endpoint`); None: no tracing.
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug)]
@@ -151,7 +153,11 @@ impl Bound {
             .map_err(ServeError::Engine)?;
         let options = self.options;
         let facts = ConfigFacts::from_config(&options.plugin_config);
-        let shared = Arc::new(Shared::new(engine, facts));
+        let tracer = match &options.otlp_endpoint {
+            Some(e) => Some(crate::otlp::Exporter::start(e).map_err(ServeError::Grpc)?),
+            None => None,
+        };
+        let shared = Arc::new(Shared::new(engine, facts).with_tracer(tracer));
 
         let mut builder = Server::builder();
         if let Some(tls) = &options.tls {

@@ -12,17 +12,21 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::engine::FilterEngine;
+use crate::engine::{FilterEngine, Headers};
 use crate::facts::ConfigFacts;
+use crate::otlp::Exporter;
 use crate::props;
 use crate::protocol::{ProtocolOptions, Session};
 use crate::stats::Counters;
+use crate::trace::{self, Parent};
 
 /// What every part of the server shares.
 pub struct Shared<E: FilterEngine> {
     pub engine: E,
     pub facts: RwLock<ConfigFacts>,
     pub counters: Counters,
+    /// Span export (`--otlp-endpoint`); None: no spans.
+    pub tracer: Option<Exporter>,
 }
 
 impl<E: FilterEngine> Shared<E> {
@@ -31,7 +35,13 @@ impl<E: FilterEngine> Shared<E> {
             engine,
             facts: RwLock::new(facts),
             counters: Counters::default(),
+            tracer: None,
         }
+    }
+
+    pub fn with_tracer(mut self, tracer: Option<Exporter>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     pub fn facts(&self) -> ConfigFacts {
@@ -63,14 +73,60 @@ impl<E: FilterEngine> ExternalProcessor for ExtProc<E> {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
+        // Envoy puts its ext_proc span's context in the call's metadata when it traces.
+        let parent = self
+            .shared
+            .tracer
+            .as_ref()
+            .and_then(|_| trace::parent_in(&metadata_headers(request.metadata())));
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(run_stream(self.shared.clone(), inbound, tx));
+        tokio::spawn(run_stream(self.shared.clone(), inbound, tx, parent));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
 type Tx = mpsc::Sender<Result<ProcessingResponse, Status>>;
+
+/// The trace-context entries of gRPC metadata as a header map.
+fn metadata_headers(metadata: &tonic::metadata::MetadataMap) -> Headers {
+    [
+        "traceparent",
+        "x-datadog-trace-id",
+        "x-datadog-parent-id",
+        "x-datadog-sampling-priority",
+    ]
+    .iter()
+    .filter_map(|name| {
+        let v = metadata.get(*name)?;
+        Some((name.as_bytes().to_vec(), v.as_bytes().to_vec()))
+    })
+    .collect()
+}
+
+/// The trace context of the HTTP request itself (its first message's headers).
+fn request_parent(first: &ProcessingRequest) -> Option<Parent> {
+    use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
+    match &first.request {
+        Some(Request::RequestHeaders(h)) => {
+            trace::parent_in(&crate::messages::headers_from(h.headers.as_ref()))
+        }
+        _ => None,
+    }
+}
+
+/// Random-enough ids for spans (not secrets): a per-process random hasher over a counter.
+fn span_ids() -> impl FnMut() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let state = std::collections::hash_map::RandomState::new();
+    move || {
+        let mut h = state.build_hasher();
+        h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+        h.write_u64(trace::now_unix_ns());
+        h.finish()
+    }
+}
 
 struct ActiveGuard<'a>(&'a Counters);
 
@@ -84,7 +140,9 @@ async fn run_stream<E: FilterEngine>(
     shared: Arc<Shared<E>>,
     mut inbound: Streaming<ProcessingRequest>,
     tx: Tx,
+    mut parent: Option<Parent>,
 ) {
+    let started_ns = trace::now_unix_ns();
     let counters = &shared.counters;
     counters.inc(|c| &c.streams);
     counters.streams_active.fetch_add(1, Ordering::Relaxed);
@@ -107,6 +165,9 @@ async fn run_stream<E: FilterEngine>(
                 break;
             }
         };
+        if session.is_none() && parent.is_none() && shared.tracer.is_some() {
+            parent = request_parent(&message);
+        }
         let worker = shared.clone();
         let current = session.take();
         let handled = tokio::task::spawn_blocking(move || {
@@ -132,7 +193,26 @@ async fn run_stream<E: FilterEngine>(
         if let Some(served) = &s.events().served_endpoint {
             log::debug!("served by {served}");
         }
-        let _ = tokio::task::spawn_blocking(move || s.finish()).await;
+        let Some(tracer) = shared.tracer.clone() else {
+            let _ = tokio::task::spawn_blocking(move || s.finish()).await;
+            return;
+        };
+        let local_reply = s.events().local_reply;
+        let published =
+            tokio::task::spawn_blocking(move || s.finish_published(trace::PUBLISHED_PREFIX))
+                .await
+                .unwrap_or_default();
+        let end_ns = trace::now_unix_ns();
+        if let Some(span) = trace::span(
+            parent,
+            span_ids(),
+            started_ns,
+            end_ns,
+            &published,
+            local_reply,
+        ) {
+            tracer.record(span);
+        }
     }
 }
 

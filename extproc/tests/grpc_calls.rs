@@ -61,6 +61,7 @@ async fn start(name: &str, config: &str) -> Running {
         plugin_config: config.as_bytes().to_vec(),
         drain: Duration::from_secs(2),
         reload_period: Duration::from_millis(200),
+        otlp_endpoint: None,
     })
     .await
     .unwrap();

@@ -57,6 +57,7 @@ async fn start_real(name: &str) -> Running {
         plugin_config: cfg.clone().into_bytes(),
         drain: Duration::from_secs(2),
         reload_period: Duration::from_millis(200),
+        otlp_endpoint: None,
     })
     .await
     .unwrap();

@@ -21,6 +21,7 @@ pub mod reply;
 pub mod routing;
 pub mod store;
 pub mod tokens;
+pub mod trace;
 pub mod usage;
 
 #[cfg(test)]

@@ -410,6 +410,37 @@ impl Core {
     /// Ends a stream: the access-log phase (`proxy_on_log`, maps read-only), then
     /// `proxy_on_done` and `proxy_on_delete`, and forgets it.
     pub fn finish_stream(&mut self, k: StreamKey, client_reset: bool) -> Result<()> {
+        let result = self.end_stream(k, client_reset);
+        self.remove_stream(k);
+        result
+    }
+
+    /// [`Self::finish_stream`], returning the stream's properties whose path starts with
+    /// `prefix` as they are once the module's end callbacks ran (what a proxy's tracer reads
+    /// when the request's span ends): path segments joined by `.`, value bytes.
+    pub fn finish_stream_published(
+        &mut self,
+        k: StreamKey,
+        client_reset: bool,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let result = self.end_stream(k, client_reset);
+        let mut published: Vec<(String, Vec<u8>)> = self
+            .stream(k)
+            .map(|s| {
+                s.properties
+                    .iter()
+                    .filter(|(path, _)| path.starts_with(prefix.as_bytes()))
+                    .map(|(path, v)| (String::from_utf8_lossy(path).replace('\0', "."), v.encode()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        published.sort();
+        self.remove_stream(k);
+        result.map(|()| published)
+    }
+
+    fn end_stream(&mut self, k: StreamKey, client_reset: bool) -> Result<()> {
         let Some(s) = self.stream_mut(k) else {
             return Ok(());
         };
@@ -446,7 +477,6 @@ impl Core {
                 self.settle();
             }
         }
-        self.remove_stream(k);
         result
     }
 }

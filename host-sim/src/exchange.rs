@@ -257,6 +257,24 @@ impl<'h> Exchange<'h> {
         self.host.core.finish_stream(self.key, false)
     }
 
+    /// Ends the stream normally and returns the properties under `prefix` the filter left
+    /// (segments joined by `.`; values as text, bytes that are not UTF-8 replaced): what
+    /// Envoy's tracer reads as filter state when the request's span ends.
+    pub fn finish_published(
+        mut self,
+        prefix: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        self.open = false;
+        let props = self
+            .host
+            .core
+            .finish_stream_published(self.key, false, prefix)?;
+        Ok(props
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect())
+    }
+
     /// The client resets the stream mid-way: no (more) response; then log, done, delete.
     pub fn reset(mut self) -> Result<()> {
         self.open = false;

@@ -33,6 +33,7 @@ EXPECTED_KINDS = {
     "wasmplugin-gateway-api.yaml": ["WasmPlugin"],
     "gateway-api.yaml": ["Gateway", "HTTPRoute"],
     "sidecar.yaml": ["ConfigMap", "Secret", "Deployment"],
+    "telemetry.yaml": ["Telemetry"],
 }
 
 
@@ -82,6 +83,17 @@ def test_every_manifest_parses_with_expected_kinds():
         assert [d["kind"] for d in ds] == kinds, name
         for d in ds:
             assert d.get("apiVersion") and d["metadata"].get("name"), (name, d.get("kind"))
+
+
+def test_telemetry_tags_are_the_headers_the_filter_owns():
+    """istio/telemetry.yaml tags spans with the 1.36-compatible header attributes of
+    envoy-config/envoy-otel-1.36.yaml (the same names, the same headers)."""
+    spec = docs("telemetry.yaml")[0]["spec"]
+    tags = spec["tracing"][0]["customTags"]
+    shipped = yaml.safe_load((REPO / "envoy-config" / "envoy-otel-1.36.yaml").read_text())
+    hcm = shipped["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    want = {t["tag"]: t["request_header"]["name"] for t in hcm["tracing"]["custom_tags"]}
+    assert {k: v["header"]["name"] for k, v in tags.items()} == want
 
 
 def test_wasmplugin_fields():

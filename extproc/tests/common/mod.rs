@@ -192,6 +192,7 @@ pub async fn start(name: &str, tls: Option<Material>, engine_delay: Duration) ->
         plugin_config: config.as_bytes().to_vec(),
         drain: Duration::from_secs(5),
         reload_period: Duration::from_millis(100),
+        otlp_endpoint: None,
     })
     .await
     .unwrap_or_else(|e| panic!("bind: {e}"));

@@ -69,6 +69,16 @@ pub fn send_reply(reply: &LocalReply) {
     }
 }
 
+/// Publishes facts for tracing as stream properties (`trace`). A host that refuses one only
+/// loses that span attribute.
+pub fn publish(facts: &crate::trace::Facts) {
+    for (key, value) in facts {
+        if let Err(status) = abi::set_property(&[key], value.as_bytes()) {
+            debug!("llm-router: cannot set property {key}: {status:?}");
+        }
+    }
+}
+
 /// Makes Envoy match the route again after header changes. ABI 0.2.1 hosts do it on their
 /// own and may not know the function (`NotFound`), which is fine.
 pub fn clear_route_cache() {

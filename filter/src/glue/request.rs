@@ -2,8 +2,8 @@
 //! the sidecar's load pushes.
 
 use super::host::{
-    clear_route_cache, now_ms, property_string, request_body, send_reply, set_request_body,
-    set_request_header, SharedData,
+    clear_route_cache, now_ms, property_string, publish, request_body, send_reply,
+    set_request_body, set_request_header, SharedData,
 };
 use super::{abi, picker, random_u64, Http, Routed, Shared};
 use crate::body::InvalidBody;
@@ -12,6 +12,7 @@ use crate::metrics::{self, Metric};
 use crate::plan::{self, Forward, Plan};
 use crate::ratelimit::{self, global, Charge, Cost, Gate};
 use crate::reply::LocalReply;
+use crate::trace;
 use log::{debug, warn};
 use proxy_wasm::types::Action;
 
@@ -24,6 +25,7 @@ const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024;
 impl Http {
     pub(super) fn reply(&mut self, reply: &LocalReply) -> Action {
         self.local_reply = true;
+        publish(&trace::local_reply(reply));
         send_reply(reply);
         Action::Pause
     }
@@ -44,6 +46,7 @@ impl Http {
         let roll = random_u64();
         let fwd = match plan::plan(&sh.cfg, &self.path, &headers, body, known, roll) {
             Plan::Reject(why, reply) => {
+                publish(&trace::rejected(&self.path));
                 sh.stats
                     .inc(Metric::InvalidBody, &[metrics::invalid_reason(why)]);
                 // Counted in llm_router_requests_total{status="local"} under the default tier
@@ -59,6 +62,7 @@ impl Http {
             sh.stats
                 .inc(Metric::InvalidBody, &[metrics::invalid_reason(why)]);
         }
+        publish(&trace::routed(&sh.cfg, &self.path, &fwd));
         let mut routed = Routed::new(
             sh,
             fwd.tier,
@@ -194,8 +198,8 @@ impl Http {
 
 /// Property names of the token figures published for Envoy's `ratelimit` filter (read as
 /// `%FILTER_STATE(wasm.llm_router.prompt_tokens:PLAIN)%`).
-pub const PROMPT_TOKENS_PROPERTY: &str = "llm_router.prompt_tokens";
-pub const COMPLETION_TOKENS_PROPERTY: &str = "llm_router.completion_tokens";
+pub const PROMPT_TOKENS_PROPERTY: &str = trace::key::PROMPT_TOKENS;
+pub const COMPLETION_TOKENS_PROPERTY: &str = trace::key::COMPLETION_TOKENS;
 
 /// Publishes a token figure as a property of the stream (a host without filter state
 /// refuses it quietly).
@@ -279,6 +283,7 @@ pub(super) fn apply_gate(sh: &Shared, gate: Gate, cost: &Cost, routed: &mut Rout
                 prompt: cost.prompt_tokens(),
                 reserved: cost.reserved(tenants),
             };
+            publish(&trace::tenant(&tenant.label));
             routed.charge = Some((tenant, charge, booked));
             routed.limits_status = Some(status);
             Charged::Go
@@ -300,6 +305,7 @@ pub(super) fn apply_gate(sh: &Shared, gate: Gate, cost: &Cost, routed: &mut Rout
             tenant_label,
             bucket,
         } => {
+            publish(&trace::tenant(&tenant_label));
             if let Some(b) = bucket {
                 let t = sh.stats.catalog().tenant(&tenant_label);
                 sh.stats.inc(Metric::RateLimited, &[t, b.label()]);
@@ -345,6 +351,7 @@ fn pick_endpoint(
         picker::Outcome::Picked { address, ticket } => {
             let label = sh.stats.endpoint_label(&address);
             sh.stats.inc(Metric::EndpointPicked, &[routed.tier, label]);
+            publish(&trace::endpoint(Some(&address), trace::ENDPOINT_PICKED));
             fwd.set_headers
                 .push((sh.cfg.headers.endpoint.clone(), address));
             routed.ticket = Some(ticket);
@@ -352,6 +359,7 @@ fn pick_endpoint(
         }
         picker::Outcome::Shed => {
             sh.stats.inc(Metric::Shed, &[routed.model]);
+            publish(&trace::endpoint(None, trace::ENDPOINT_SHED));
             let reply = LocalReply::error(
                 429,
                 "server_error",
@@ -361,15 +369,23 @@ fn pick_endpoint(
             .with_header("retry-after", "1".to_string());
             Some(reply)
         }
-        picker::Outcome::NotInSubset => Some(LocalReply::error(
-            503,
-            "server_error",
-            "no_eligible_endpoint",
-            "No model server the gateway allows for this request can take it.",
-        )),
+        picker::Outcome::NotInSubset => {
+            publish(&trace::endpoint(None, trace::ENDPOINT_NOT_IN_SUBSET));
+            Some(LocalReply::error(
+                503,
+                "server_error",
+                "no_eligible_endpoint",
+                "No model server the gateway allows for this request can take it.",
+            ))
+        }
         picker::Outcome::Fallback(why) => {
-            sh.stats
-                .inc(Metric::EndpointFallback, &[routed.tier, why as u16]);
+            let why = why as u16;
+            sh.stats.inc(Metric::EndpointFallback, &[routed.tier, why]);
+            let reason = metrics::FALLBACK_REASON.get(usize::from(why));
+            publish(&trace::endpoint(
+                None,
+                reason.copied().unwrap_or(metrics::OTHER),
+            ));
             None
         }
     }

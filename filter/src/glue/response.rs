@@ -1,7 +1,9 @@
 //! Response side: watch the answer for its real `usage` (and time to first token) without
 //! holding it back, then, once the request is over, reconcile the tenant's charge and count it.
 
-use super::host::{now_ms, response_body, response_header, set_response_header, SharedData};
+use super::host::{
+    now_ms, publish, response_body, response_header, set_response_header, SharedData,
+};
 use super::request::{publish_tokens, COMPLETION_TOKENS_PROPERTY};
 use super::{Http, Routed, Shared};
 use crate::metrics::{self, Metric};
@@ -46,34 +48,36 @@ impl Http {
         }
     }
 
-    /// At the end of the response, for Envoy's own `ratelimit` filter (`apply_on_stream_done`):
-    /// the completion tokens from `usage`, else as estimated (streamed text, or the
-    /// reservation).
+    /// At the end of the response (a span may end before the request's log callback; ending
+    /// a scanner is idempotent, `finish` scans again): the real `usage` for the trace, both
+    /// figures (`trace::usage`); without one, for Envoy's own `ratelimit` filter
+    /// (`apply_on_stream_done`, tenants configured) the completion tokens as estimated
+    /// (streamed text, or the reservation).
     fn publish_completion(&mut self) {
         let Some(routed) = &self.routed else {
             return;
         };
-        if self.local_reply
-            || self
-                .shared
-                .as_ref()
-                .is_none_or(|sh| sh.cfg.tenants.is_none())
-        {
+        if self.local_reply {
             return;
         }
         let reserved = routed.charge.as_ref().map_or(0, |(_, c, _)| c.reserved);
-        let completion = match &mut self.response {
+        let (usage, estimate) = match &mut self.response {
             ResponseScan::Sse(s) => {
                 s.finish();
-                s.usage
-                    .map_or(s.completion_estimate, |u| u.completion_tokens)
+                (s.usage, s.completion_estimate)
             }
-            ResponseScan::Json(j) => j
-                .finish()
-                .map_or(j.completion_estimate(), |u| u.completion_tokens),
-            ResponseScan::None => reserved,
+            ResponseScan::Json(j) => (j.finish(), j.completion_estimate()),
+            ResponseScan::None => (None, reserved),
         };
-        publish_tokens(COMPLETION_TOKENS_PROPERTY, completion);
+        if let Some(u) = usage {
+            publish(&crate::trace::usage(&u));
+        } else if self
+            .shared
+            .as_ref()
+            .is_some_and(|sh| sh.cfg.tenants.is_some())
+        {
+            publish_tokens(COMPLETION_TOKENS_PROPERTY, estimate);
+        }
     }
 
     pub(super) fn response_chunk(&mut self, body_size: usize, end_of_stream: bool) {

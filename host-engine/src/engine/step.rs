@@ -85,6 +85,12 @@ pub(crate) enum Cmd {
         id: u64,
         ack: bool,
     },
+    /// Finish, answering with the stream's properties under `prefix` after the end callbacks.
+    FinishPublished {
+        id: u64,
+        prefix: String,
+        reply: Sender<Vec<(String, Vec<u8>)>>,
+    },
     Configure {
         config: Vec<u8>,
         reply: Sender<Result<(), String>>,

@@ -101,6 +101,28 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// [`Stream::finish`], returning the stream's properties whose path starts with `prefix`
+    /// as the filter left them (segments joined by `.`): what it published for the trace.
+    /// Empty when the stream's VM trapped.
+    pub fn finish_published(mut self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        self.finished = true;
+        let (tx, rx) = mpsc::channel();
+        let Some(s) = self.inner.senders.get(self.worker) else {
+            return Vec::new();
+        };
+        let cmd = Cmd::FinishPublished {
+            id: self.id,
+            prefix: prefix.to_string(),
+            reply: tx,
+        };
+        if s.send(cmd).is_err() {
+            return Vec::new();
+        }
+        rx.recv().unwrap_or_default()
+    }
+}
+
 impl Drop for Stream {
     fn drop(&mut self) {
         if !self.finished {

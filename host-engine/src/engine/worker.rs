@@ -123,6 +123,9 @@ impl Worker {
                     let _ = r.send(Step::Hold);
                 }
             }
+            Cmd::FinishPublished { id, prefix, reply } => {
+                let _ = reply.send(self.finish_published(id, &prefix));
+            }
             Cmd::Configure { config, reply } => {
                 let _ = reply.send(self.configure(config));
             }
@@ -260,6 +263,21 @@ impl Worker {
         }
         self.reload_if_failed();
         ack.then_some(p.reply)
+    }
+
+    fn finish_published(&mut self, id: u64, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let Some(p) = self.streams.remove(&id) else {
+            return Vec::new();
+        };
+        let mut published = Vec::new();
+        if p.generation == self.generation && self.core.stream(p.key).is_some() {
+            published = self
+                .core
+                .finish_stream_published(p.key, false, prefix)
+                .unwrap_or_default();
+        }
+        self.reload_if_failed();
+        published
     }
 
     /// `proxy_on_configure` with `config`; on failure the VM gets the old bytes back (the

@@ -29,6 +29,7 @@ const PACKAGES = {
   "networking.istio.io": "@kubernetes-models/istio",
   "extensions.istio.io": "@kubernetes-models/istio",
   "security.istio.io": "@kubernetes-models/istio",
+  "telemetry.istio.io": "@kubernetes-models/istio",
   "networking.gke.io": "@kubernetes-models/gke",
 };
 const LOCAL_SCHEMAS = { "inference.networking.k8s.io/v1/InferencePool": "inferencepool-v1.json" };
