@@ -10,7 +10,7 @@
 #                                                         Envoy bootstrap files into OUTDIR,
 #                                                         each is validated
 # A config whose header says `# min-envoy: X.Y` (fields older Envoys reject, e.g. the tracing
-# configs' formatter custom tags, 1.37) is checked only on Envoy >= X.Y; older ones print SKIP
+# configs' formatter custom tags, 1.37) is checked only on Envoy >= X.Y; older ones print N/A
 # with the reason (their version has its own file, e.g. envoy-otel-1.36.yaml).
 # Needs dist/llm_router.wasm (make build).
 set -uo pipefail
@@ -55,7 +55,7 @@ for f in "${files[@]}"; do
   if [ -n "$need" ]; then
     read -r nmaj nmin <<<"$need"
     if [ "$major" -lt "$nmaj" ] || { [ "$major" -eq "$nmaj" ] && [ "$minor" -lt "$nmin" ]; }; then
-      printf 'SKIP  %s (needs Envoy >= %s.%s; this is %s.%s)\n' "${f#"$tmp"/}" "$nmaj" "$nmin" "$major" "$minor"
+      printf 'N/A   %s (needs Envoy >= %s.%s; this is %s.%s)\n' "${f#"$tmp"/}" "$nmaj" "$nmin" "$major" "$minor"
       continue
     fi
   fi
