@@ -18,6 +18,7 @@
 
 pub mod abi;
 pub mod core;
+pub mod cost;
 pub mod engine;
 pub mod grpc_upstream;
 mod hostcalls;

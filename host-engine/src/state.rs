@@ -369,7 +369,7 @@ pub struct VmState {
     /// Memory limit of this VM (wasmtime's store limiter).
     pub limits: wasmtime::StoreLimits,
     /// Cost metering (instructions and host calls per guest call), when the factory asks.
-    pub meter: Option<crate::meter::Meter>,
+    pub meter: Option<crate::cost::Meter>,
 }
 
 impl VmState {
