@@ -104,6 +104,7 @@ def gateway_config(srv: harness.ExtProcServer, mode: str = "FULL_DUPLEX_STREAMED
     if mode != "FULL_DUPLEX_STREAMED":
         pm = ep["processing_mode"]
         pm["request_body_mode"] = pm["response_body_mode"] = mode
+        # Envoy's ProcessingMode value SKIP (trailers are not sent to the server), not a test skip.
         pm["request_trailer_mode"] = pm["response_trailer_mode"] = "SKIP"
     if fail_open:
         ep["failure_mode_allow"] = True
