@@ -110,9 +110,28 @@ fn affinity_overrides_a_small_load_difference_and_counts_it() -> Result<()> {
     // The conversation's endpoint now has one request queued, the others none.
     let waiting = [A, B, C].map(|a| u64::from(a == first));
     load(&mut host, waiting);
-    let got = send(&mut host, 1, &conversation(1, 2));
-    assert_eq!(got, first);
+    let mut ex = chat(&mut host, 1, None, &conversation(1, 2));
+    let got = ex.upstream().and_then(|u| u.header(EP).map(str::to_string));
+    assert_eq!(got.as_deref(), Some(first.as_str()));
+    ex.response(200).json(&json!({})).send().unwrap();
+    // The decision's trace says affinity decided.
+    let published = ex.finish_published("llm_router.").unwrap();
+    let reason = published
+        .get("llm_router.endpoint_reason")
+        .map(String::as_str);
+    assert_eq!(reason, Some("prefix_affinity"), "{published:?}");
     assert_eq!(host.metric_sum(CHANGED, &[("pool", "small")]), 1);
+    // The next turn: no load difference any more, load alone would pick any: least_loaded.
+    load(&mut host, [0, 0, 0]);
+    let mut ex = chat(&mut host, 0, None, &conversation(1, 3));
+    ex.response(200).json(&json!({})).send().unwrap();
+    let published = ex.finish_published("llm_router.").unwrap();
+    let reason = published
+        .get("llm_router.endpoint_reason")
+        .map(String::as_str);
+    assert_eq!(reason, Some("least_loaded"), "{published:?}");
+    assert_eq!(host.metric_sum(CHANGED, &[("pool", "small")]), 1);
+    load(&mut host, waiting);
     // A new conversation goes by load: not to the busier endpoint.
     let other = send(&mut host, 0, &conversation(2, 1));
     assert_ne!(other, first);
