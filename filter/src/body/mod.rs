@@ -81,6 +81,10 @@ pub struct RequestInfo<'a> {
     pub object_start: usize,
 }
 
+/// Most chat messages listed in `RequestInfo::turns` (more than the prefix hash can reach:
+/// 1024 blocks of 16 bytes, at least 2 bytes per message).
+pub const MAX_TURNS: usize = 8192;
+
 /// One chat message: its `role` as raw JSON text (`""` when absent) and the index in
 /// `RequestInfo::segments` of its first text segment.
 #[derive(Debug, Default, PartialEq)]

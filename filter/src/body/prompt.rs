@@ -59,8 +59,11 @@ fn message<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue) -> Result<(), Inva
         }
     })
     .map_err(|_| InvalidBody::InvalidField)?;
-    // The prefix hash's hook: this message's role, its text is `segments[first..]`.
-    info.turns.push(super::Turn { role, first });
+    // The prefix hash's hook: this message's role, its text is `segments[first..]`. Past
+    // `MAX_TURNS` the last turn holds the rest (memory stays bounded for a hostile body).
+    if info.turns.len() < super::MAX_TURNS {
+        info.turns.push(super::Turn { role, first });
+    }
     if let Some(c) = content {
         self::content(info, c);
     }

@@ -386,3 +386,14 @@ fn matched_fractions_use_the_longest_hit_and_the_minimum() {
     assert_eq!(matched_blocks(&hits, 1), 8);
     assert_eq!(matched_blocks(&hits, 2), 0);
 }
+
+#[test]
+fn turns_are_bounded_for_a_hostile_body() {
+    let many = vec![r#"{"role":"user","content":"x"}"#; crate::body::MAX_TURNS + 500].join(",");
+    let body = format!(r#"{{"messages":[{many}]}}"#);
+    let info = inspect(body.as_bytes()).unwrap();
+    assert_eq!(info.messages as usize, crate::body::MAX_TURNS + 500);
+    assert_eq!(info.turns.len(), crate::body::MAX_TURNS);
+    let c = cfg(16, 1024);
+    assert_eq!(chain(&info, &c, "p").len(), 1024);
+}
