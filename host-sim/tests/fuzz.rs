@@ -98,5 +98,11 @@ fn prefix_affinity_holds_every_property() -> Result<()> {
             report.outcomes
         );
     }
+    // Failures `make fuzz` found with this configuration (none yet is fine).
+    for (path, f) in load_corpus(&dir().join("fuzz-corpus/prefix"))? {
+        if let Err(v) = replay(&target, &f)? {
+            bail!("{}: {v}", path.display());
+        }
+    }
     Ok(())
 }
