@@ -103,7 +103,7 @@ impl SnapshotCache {
         subset: Option<&[SocketAddr]>,
         now_ms: u64,
         roll: u64,
-        chain: &[u64],
+        chain: &prefix::Chain,
     ) -> Outcome {
         let meta = match SharedData.get(META_KEY) {
             Ok(Some((b, _))) => Meta::decode(&b),
@@ -184,7 +184,7 @@ struct Affine {
 }
 
 impl Affine {
-    fn find(cfg: &Prefix, pool: &str, endpoints: &[Endpoint], chain: &[u64]) -> Affine {
+    fn find(cfg: &Prefix, pool: &str, endpoints: &[Endpoint], chain: &prefix::Chain) -> Affine {
         let tags: Vec<u64> = endpoints
             .iter()
             .map(|e| prefix::endpoint_tag(cfg.seed, &e.address))
@@ -196,7 +196,7 @@ impl Affine {
             pool,
             endpoints: &tags,
         };
-        let look = prefix::lookup(&SharedData, &view, chain);
+        let look = prefix::lookup(&SharedData, &view, &chain.hashes, &chain.marks);
         let matched = prefix::matched_fractions(
             &look.hits,
             endpoints.len(),
@@ -216,7 +216,7 @@ impl Affine {
     fn remember(
         self,
         picked: usize,
-        chain: &[u64],
+        chain: &prefix::Chain,
         now_ms: u64,
         decision: endpoints::Decision,
     ) -> AffinityOutcome {
@@ -228,7 +228,15 @@ impl Affine {
         };
         let now_s = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
         if let Some(&tag) = self.tags.get(picked) {
-            prefix::record(&SharedData, &view, chain, self.look, tag, now_s);
+            prefix::record(
+                &SharedData,
+                &view,
+                &chain.hashes,
+                &chain.marks,
+                self.look,
+                tag,
+                now_s,
+            );
         }
         AffinityOutcome {
             matched_blocks,

@@ -51,7 +51,7 @@ pub struct Forward {
     pub invalid: Option<InvalidBody>,
     /// Block hash chain of the prompt prefix for the tier's pool (`endpoints.prefix`; empty
     /// when off or the body could not be read).
-    pub prefix: Vec<u64>,
+    pub prefix: crate::prefix::Chain,
 }
 
 /// Decides an inspected request. `path` is the normalised path ([`crate::path::normalize`]).
@@ -109,7 +109,7 @@ pub fn plan(
 
     let prefix = match cfg.endpoints.as_ref().and_then(|e| e.prefix.as_ref()) {
         Some(p) => crate::prefix::chain(&info, p, &tier_name(cfg, tier)),
-        None => Vec::new(),
+        None => crate::prefix::Chain::default(),
     };
 
     Plan::Forward(Forward {
@@ -166,7 +166,7 @@ pub fn invalid(cfg: &Config, why: InvalidBody, body: Option<&[u8]>, body_bytes: 
                 stream: false,
                 criticality: Criticality::Standard,
                 invalid: Some(why),
-                prefix: Vec::new(),
+                prefix: crate::prefix::Chain::default(),
             })
         }
     }

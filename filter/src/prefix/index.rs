@@ -143,6 +143,16 @@ pub fn grid(n: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The block counts a chain of `n` blocks is indexed and probed at: the grid (1, 2, 4, ...)
+/// and the `marks` (where its messages end), ascending, each once.
+pub fn positions(n: usize, marks: &[usize]) -> Vec<usize> {
+    let mut all = grid(n);
+    all.extend(marks.iter().copied().filter(|&m| m >= 1 && m <= n));
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
 /// A matched block: the request's first `blocks` blocks went to endpoint `endpoint` (an
 /// index into the pool).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,10 +197,11 @@ fn read(store: &dyn Store, shard: usize) -> Result<(Shard, u32), StoreError> {
     })
 }
 
-/// Finds the longest indexed prefix of `chain` by binary search over its grid.
-pub fn lookup(store: &dyn Store, view: &View, chain: &[u64]) -> Lookup {
+/// Finds the longest indexed prefix of `chain` by binary search over its [`positions`]
+/// (`marks`: block counts where the request's messages end).
+pub fn lookup(store: &dyn Store, view: &View, chain: &[u64], marks: &[usize]) -> Lookup {
     let mut out = Lookup::default();
-    let positions = grid(chain.len());
+    let positions = positions(chain.len(), marks);
     // Invariant: grid index `lo - 1` matched (or lo = 0), everything from `hi` on did not.
     let (mut lo, mut hi) = (0usize, positions.len());
     while lo < hi && out.calls < MAX_HOST_CALLS {
@@ -229,6 +240,7 @@ pub fn record(
     store: &dyn Store,
     view: &View,
     chain: &[u64],
+    marks: &[usize],
     mut look: Lookup,
     picked: u64,
     now_s: u32,
@@ -251,7 +263,7 @@ pub fn record(
         })
         .map_or(0, |h| h.blocks);
     let mut groups: Vec<(usize, Vec<u64>)> = Vec::new();
-    for p in grid(chain.len()) {
+    for p in positions(chain.len(), marks) {
         let Some(&hash) = chain.get(p - 1) else {
             continue;
         };

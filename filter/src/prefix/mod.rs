@@ -15,8 +15,8 @@
 mod index;
 
 pub use index::{
-    grid, key, lookup, record, shard_count, Hit, Lookup, Shard, ShardEntry, View, MAX_HOST_CALLS,
-    SHARD_SLOTS,
+    grid, key, lookup, positions, record, shard_count, Hit, Lookup, Shard, ShardEntry, View,
+    MAX_HOST_CALLS, SHARD_SLOTS,
 };
 
 use crate::body::RequestInfo;
@@ -60,8 +60,43 @@ pub fn chain_start(seed: u64, pool: &str) -> u64 {
     hash_block(seed, pool.as_bytes())
 }
 
+/// A request's prefix: the block hash chain and where its messages end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chain {
+    /// `h_1..h_n`, one per whole block of the canonical prefix.
+    pub hashes: Vec<u64>,
+    /// Block counts at which a message of the request ends (the whole blocks before the end of
+    /// message 1, 2, ...): ascending, deduplicated, in `1..=n`. The previous turn of a
+    /// conversation ended at one of them, so the index also keeps and probes these positions
+    /// (a grid alone rounds a turn's match down to a power of two, often to the shared system
+    /// prompt only).
+    pub marks: Vec<usize>,
+}
+
+impl Chain {
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+}
+
 /// The canonical prompt prefix of a request, at most `limit` bytes.
 pub fn canonical(info: &RequestInfo, limit: usize) -> Vec<u8> {
+    canonical_with_ends(info, limit).0
+}
+
+/// [`canonical`] and the byte offsets at which each message ends in it (after its record
+/// separator), ascending; a message cut by `limit` has no end.
+pub fn canonical_with_ends(info: &RequestInfo, limit: usize) -> (Vec<u8>, Vec<usize>) {
+    let mut ends = Vec::new();
+    let out = canonical_into(info, limit, &mut ends);
+    (out, ends)
+}
+
+fn canonical_into(info: &RequestInfo, limit: usize, ends: &mut Vec<usize>) -> Vec<u8> {
     let mut out: Vec<u8> = Vec::with_capacity(limit.min(64 * 1024));
     let put = |bytes: &[u8], out: &mut Vec<u8>| -> bool {
         let room = limit.saturating_sub(out.len());
@@ -94,7 +129,11 @@ pub fn canonical(info: &RequestInfo, limit: usize) -> Vec<u8> {
                 return out;
             }
         }
-        if !put(&[RECORD_SEP], &mut out) {
+        let complete = put(&[RECORD_SEP], &mut out);
+        if role.is_some() && out.last() == Some(&RECORD_SEP) {
+            ends.push(out.len());
+        }
+        if !complete {
             return out;
         }
     }
@@ -103,9 +142,18 @@ pub fn canonical(info: &RequestInfo, limit: usize) -> Vec<u8> {
 
 /// The block hash chain of a request for `pool`: `h_1..h_n`, one per whole block of the
 /// canonical prefix, at most `max_blocks`.
-pub fn chain(info: &RequestInfo, cfg: &Prefix, pool: &str) -> Vec<u64> {
+pub fn chain(info: &RequestInfo, cfg: &Prefix, pool: &str) -> Chain {
     let limit = cfg.block_bytes.saturating_mul(cfg.max_blocks);
-    chain_of(&canonical(info, limit), cfg, pool)
+    let (bytes, ends) = canonical_with_ends(info, limit);
+    let hashes = chain_of(&bytes, cfg, pool);
+    let size = cfg.block_bytes.max(1);
+    let mut marks: Vec<usize> = ends
+        .iter()
+        .map(|e| (e / size).min(hashes.len()))
+        .filter(|&m| m > 0)
+        .collect();
+    marks.dedup();
+    Chain { hashes, marks }
 }
 
 /// The chain of canonical bytes (see [`chain`]).

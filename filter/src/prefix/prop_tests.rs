@@ -45,19 +45,29 @@ fn index_under_arbitrary_traffic_stays_bounded() {
         }
         let tags: Vec<u64> = (0..rng.below(5)).map(|_| rng.below(8) as u64).collect();
         let chain: Vec<u64> = (0..rng.below(300)).map(|_| rng.below(64) as u64).collect();
+        // Message ends anywhere, out of range, unsorted, repeated: probed positions stay valid.
+        let marks: Vec<usize> = (0..rng.below(40)).map(|_| rng.below(400)).collect();
         let v = View {
             shards,
             pool: rng.below(3) as u32,
             endpoints: &tags,
         };
         let before = store.calls.get();
-        let look = lookup(&store, &v, &chain);
+        let look = lookup(&store, &v, &chain, &marks);
         for h in &look.hits {
             assert!(h.endpoint < tags.len(), "iter {iter}");
             assert!(h.blocks <= chain.len(), "iter {iter}");
         }
         if let Some(&picked) = tags.first() {
-            let calls = record(&store, &v, &chain, look, picked, rng.below(100) as u32);
+            let calls = record(
+                &store,
+                &v,
+                &chain,
+                &marks,
+                look,
+                picked,
+                rng.below(100) as u32,
+            );
             assert!(calls <= MAX_HOST_CALLS, "iter {iter}");
             assert_eq!(store.calls.get() - before, calls, "iter {iter}");
         }

@@ -20,7 +20,7 @@ pub(super) fn cfg(block_bytes: usize, max_blocks: usize) -> Prefix {
 }
 
 fn chain_of_body(body: &str, c: &Prefix) -> Vec<u64> {
-    chain(&inspect(body.as_bytes()).unwrap(), c, "small")
+    chain(&inspect(body.as_bytes()).unwrap(), c, "small").hashes
 }
 
 fn chat(messages: &[(&str, &str)]) -> String {
@@ -197,9 +197,9 @@ fn view(tags: &[u64]) -> View<'_> {
 
 fn route(store: &Mem, tags: &[u64], chain: &[u64], picked: usize, now: u32) -> Vec<Hit> {
     let v = view(tags);
-    let look = lookup(store, &v, chain);
+    let look = lookup(store, &v, chain, &[]);
     let found = look.hits.clone();
-    record(store, &v, chain, look, tags[picked], now);
+    record(store, &v, chain, &[], look, tags[picked], now);
     found
 }
 
@@ -212,7 +212,7 @@ fn the_index_finds_the_longest_prefix_sent_before() {
     // Turn 2 extends turn 1: its longest indexed block is 16 (grid of 20 blocks).
     let mut turn2 = turn1.clone();
     turn2.extend(100..130);
-    let found = lookup(&store, &view(&tags), &turn2);
+    let found = lookup(&store, &view(&tags), &turn2, &[]);
     assert_eq!(
         found.longest(),
         Some(Hit {
@@ -222,9 +222,69 @@ fn the_index_finds_the_longest_prefix_sent_before() {
     );
     // Another conversation sharing only the first 3 blocks matches 2.
     let other: Vec<u64> = [1, 2, 3].into_iter().chain(500..540).collect();
-    let found = lookup(&store, &view(&tags), &other);
+    let found = lookup(&store, &view(&tags), &other, &[]);
     assert_eq!(found.longest().map(|h| h.blocks), Some(2));
     assert!(found.calls <= 4);
+}
+
+#[test]
+fn a_turn_matches_the_whole_previous_turn_at_its_message_end() {
+    // Turn 1 (system + user) is 20 blocks: the grid alone would match turn 2 at 16 blocks.
+    // The index also keeps turn 1's last message end, which is a message end of turn 2 too.
+    let c = cfg(32, 512);
+    let history = [("system", long("sys", 60)), ("user", long("question", 20))];
+    let turn1 = chat(&[(history[0].0, &history[0].1), (history[1].0, &history[1].1)]);
+    let turn2 = chat(&[
+        (history[0].0, &history[0].1),
+        (history[1].0, &history[1].1),
+        ("assistant", &long("answer", 30)),
+        ("user", "and then?"),
+    ]);
+    let ch1 = chain(&inspect(turn1.as_bytes()).unwrap(), &c, "small");
+    let ch2 = chain(&inspect(turn2.as_bytes()).unwrap(), &c, "small");
+    let last1 = *ch1.marks.last().unwrap();
+    assert!(!grid(ch1.len()).contains(&last1), "{ch1:?}");
+    assert!(ch2.marks.contains(&last1));
+    assert_eq!(ch1.hashes[..], ch2.hashes[..ch1.len()]);
+    let store = Mem::default();
+    let tags = [11, 22, 33];
+    let v = view(&tags);
+    let look = lookup(&store, &v, &ch1.hashes, &ch1.marks);
+    record(&store, &v, &ch1.hashes, &ch1.marks, look, 22, 5);
+    // A spray of other conversations with the same system prompt, sent elsewhere.
+    for (i, tag) in [11u64, 33].iter().enumerate() {
+        let other = chat(&[
+            (history[0].0, &history[0].1),
+            ("user", &long(&format!("other{i}"), 25)),
+        ]);
+        let ch = chain(&inspect(other.as_bytes()).unwrap(), &c, "small");
+        let look = lookup(&store, &v, &ch.hashes, &ch.marks);
+        record(&store, &v, &ch.hashes, &ch.marks, look, *tag, 6);
+    }
+    let found = lookup(&store, &v, &ch2.hashes, &ch2.marks);
+    assert_eq!(
+        found.longest(),
+        Some(Hit {
+            blocks: last1,
+            endpoint: 1
+        })
+    );
+    assert!(found.calls <= 6, "{}", found.calls);
+}
+
+#[test]
+fn marks_are_message_ends_in_whole_blocks() {
+    let c = cfg(16, 4);
+    let body = chat(&[("system", &long("s", 3)), ("user", &long("u", 10))]);
+    let ch = chain(&inspect(body.as_bytes()).unwrap(), &c, "small");
+    assert_eq!(ch.len(), 4);
+    // The system message ends inside the chain; the user message is cut by max_blocks.
+    assert_eq!(ch.marks.len(), 1);
+    assert!(ch.marks[0] >= 1 && ch.marks[0] < 4);
+    assert_eq!(positions(4, &[3, 3, 9, 0]), vec![1, 2, 3, 4]);
+    assert!(chain(&inspect(br#"{"prompt":"x"}"#).unwrap(), &c, "small")
+        .marks
+        .is_empty());
 }
 
 #[test]
@@ -233,7 +293,9 @@ fn endpoints_that_left_the_pool_are_ignored_and_forgotten() {
     let chain: Vec<u64> = (1..=8).collect();
     route(&store, &[11, 22], &chain, 0, 100);
     // 11 left the pool: its entries match nothing.
-    assert!(lookup(&store, &view(&[22, 33]), &chain).hits.is_empty());
+    assert!(lookup(&store, &view(&[22, 33]), &chain, &[])
+        .hits
+        .is_empty());
     // And the next write to a shard drops them.
     let mut shard = Shard::default();
     shard.upsert(
@@ -301,8 +363,8 @@ fn full_hashes_are_verified() {
     let chain: Vec<u64> = vec![5];
     route(&store, &tags, &chain, 0, 1);
     // 5 + 64 lands in the same shard (64 shards) but is another block.
-    assert!(lookup(&store, &view(&tags), &[69]).hits.is_empty());
-    assert_eq!(lookup(&store, &view(&tags), &[5]).hits.len(), 1);
+    assert!(lookup(&store, &view(&tags), &[69], &[]).hits.is_empty());
+    assert_eq!(lookup(&store, &view(&tags), &[5], &[]).hits.len(), 1);
 }
 
 #[test]
@@ -311,9 +373,9 @@ fn corrupted_values_read_as_empty_and_are_overwritten() {
     let tags = [11];
     let chain: Vec<u64> = vec![5];
     store.map.borrow_mut().insert(key(5), (vec![1, 2, 3], 1));
-    assert!(lookup(&store, &view(&tags), &chain).hits.is_empty());
+    assert!(lookup(&store, &view(&tags), &chain, &[]).hits.is_empty());
     route(&store, &tags, &chain, 0, 1);
-    assert_eq!(lookup(&store, &view(&tags), &chain).hits.len(), 1);
+    assert_eq!(lookup(&store, &view(&tags), &chain, &[]).hits.len(), 1);
 }
 
 #[test]
@@ -322,16 +384,19 @@ fn a_lost_cas_race_is_retried_once() {
     let tags = [11, 22];
     let chain: Vec<u64> = vec![5];
     let v = view(&tags);
-    let look = lookup(&store, &v, &chain);
+    let look = lookup(&store, &v, &chain, &[]);
     // Another worker writes the same shard between our read and our write.
     *store.interfere.borrow_mut() = Some(Box::new(|m: &Mem| {
-        let look = lookup(m, &view(&[11, 22]), &[69]);
-        record(m, &view(&[11, 22]), &[69], look, 22, 1);
+        let look = lookup(m, &view(&[11, 22]), &[69], &[]);
+        record(m, &view(&[11, 22]), &[69], &[], look, 22, 1);
     }));
-    record(&store, &v, &chain, look, 11, 1);
+    record(&store, &v, &chain, &[], look, 11, 1);
     // Both writes landed.
-    assert_eq!(lookup(&store, &v, &[5]).longest().unwrap().endpoint, 0);
-    assert_eq!(lookup(&store, &v, &[69]).longest().unwrap().endpoint, 1);
+    assert_eq!(lookup(&store, &v, &[5], &[]).longest().unwrap().endpoint, 0);
+    assert_eq!(
+        lookup(&store, &v, &[69], &[]).longest().unwrap().endpoint,
+        1
+    );
 }
 
 #[test]
@@ -347,8 +412,8 @@ fn host_calls_stay_within_the_budget() {
             pool: 1,
             endpoints: &tags,
         };
-        let look = lookup(&store, &v, &chain);
-        let calls = record(&store, &v, &chain, look, 11, 1);
+        let look = lookup(&store, &v, &chain, &[]);
+        let calls = record(&store, &v, &chain, &[], look, 11, 1);
         assert_eq!(store.calls.get() - before, calls);
         assert!(calls <= MAX_HOST_CALLS, "{n} blocks: {calls} calls");
     }
