@@ -5,7 +5,10 @@
 #     are not invalidated);
 #  2. the real dist/llm_router.wasm in host-sim for FUZZ_SECONDS seconds from a random seed
 #     (printed; FUZZ_SEED=N runs that seed only). Failures are minimised and written to
-#     host-sim/fuzz-corpus/, which `make test` replays.
+#     host-sim/fuzz-corpus/, which `make test` replays;
+#  3. the same with prefix affinity on (host-sim/examples/plugin-prefix.json, whose small
+#     index the generator also fills with corrupted values) for a quarter of FUZZ_SECONDS;
+#     its failures go to host-sim/fuzz-corpus/prefix/, replayed with that configuration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,3 +26,9 @@ if [[ -n "${FUZZ_SEED:-}" ]]; then
   args=(--seed "$FUZZ_SEED" --cases "${FUZZ_CASES:-500}" --corpus host-sim/fuzz-corpus)
 fi
 target/release/host-sim fuzz "${args[@]}"
+
+if [[ -z "${FUZZ_SEED:-}" ]]; then
+  echo "== host-sim fuzz with endpoints.prefix (examples/plugin-prefix.json): $((FUZZ_SECONDS / 4))s"
+  target/release/host-sim fuzz --config host-sim/examples/plugin-prefix.json \
+    --seconds "$((FUZZ_SECONDS / 4 + 1))" --corpus host-sim/fuzz-corpus/prefix
+fi

@@ -69,3 +69,40 @@ fn crash_corpus_replays_clean() -> Result<()> {
     }
     Ok(())
 }
+
+/// The same properties with prefix affinity on (`examples/plugin-prefix.json`: 16-byte blocks,
+/// a 4-key index the generator also fills with junk and cut tables): hashing and the index
+/// never trap, and chunking never changes a pick.
+#[test]
+fn prefix_affinity_holds_every_property() -> Result<()> {
+    let wasm = match std::env::var_os("LLM_ROUTER_WASM") {
+        Some(p) => PathBuf::from(p),
+        None => dir().join("../dist/llm_router.wasm"),
+    };
+    let target = Target::load(&wasm, &dir().join("examples/plugin-prefix.json"))?;
+    for seed in 1..=3 {
+        let report = run_seed(&target, seed, CASES_PER_SEED, None)?;
+        if let Some(f) = report.failure {
+            bail!(
+                "plugin-prefix.json seed {seed} case {}: {}\nreproduce: cargo run --release -p host-sim -- fuzz --config host-sim/examples/plugin-prefix.json --seed {seed} --cases {}",
+                f.index,
+                f.found,
+                f.index + 1
+            );
+        }
+        assert_eq!(report.executed, CASES_PER_SEED);
+        let picked = report.outcomes.get("routed, endpoint picked").copied();
+        assert!(
+            picked.unwrap_or(0) > 0,
+            "seed {seed}: {:?}",
+            report.outcomes
+        );
+    }
+    // Failures `make fuzz` found with this configuration (none yet is fine).
+    for (path, f) in load_corpus(&dir().join("fuzz-corpus/prefix"))? {
+        if let Err(v) = replay(&target, &f)? {
+            bail!("{}: {v}", path.display());
+        }
+    }
+    Ok(())
+}

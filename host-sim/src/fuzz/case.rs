@@ -159,6 +159,10 @@ pub struct Case {
     /// none: UNAVAILABLE).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grpc: Vec<GrpcPlan>,
+    /// Shared-data values written before the request (as a corruption or another component
+    /// would): (key, value), on both hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<(String, Bytes)>,
 }
 
 /// The answer to one gRPC call of the filter.

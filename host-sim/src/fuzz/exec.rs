@@ -105,6 +105,9 @@ fn add_pairs<'h>(
 /// Runs `case` on `host`. Host errors (not traps) are returned as errors.
 pub fn run(host: &mut Host, case: &Case, how: Delivery, owned: &[String]) -> Result<Observed> {
     host.advance_ms(case.advance_ms)?;
+    for (key, value) in &case.shared {
+        host.shared_data_set(key, &value.0);
+    }
     let traps_before = host.traps().len();
     answer_grpc(host, &case.grpc)?;
     let result = drive(host, case, how, owned);

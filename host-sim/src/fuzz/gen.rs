@@ -56,7 +56,30 @@ pub fn case(rng: &mut Rng, facts: &Facts, tempo: u64) -> Case {
         shuffle(rng, &mut c.headers);
     }
     c.grpc = grpc_plans(rng);
+    if rng.chance(1, 20) {
+        c.shared = vec![prefix_index_value(rng)];
+    }
     c
+}
+
+/// A value for one of the first keys of the prefix-affinity index (`endpoints.prefix`):
+/// random bytes, or a table of the right version with random entries (too many, sometimes, or
+/// a cut one).
+fn prefix_index_value(rng: &mut Rng) -> (String, Bytes) {
+    let key = format!("llm_router/prefix/{}", rng.below(4));
+    let value: Vec<u8> = match rng.below(3) {
+        0 => (0..rng.len(100)).map(|_| rng.byte()).collect(),
+        _ => {
+            let entries = rng.below_usize(18);
+            let mut v = vec![1u8];
+            v.extend((0..entries * 24).map(|_| rng.byte()));
+            if rng.chance(1, 4) {
+                v.truncate(rng.below_usize(v.len() + 1));
+            }
+            v
+        }
+    };
+    (key, Bytes(value))
 }
 
 /// Answers for the filter's gRPC calls: response bytes (empty, random, or a small varint
@@ -100,6 +123,7 @@ fn base(method: &str, path: Vec<u8>) -> Case {
         cancel: Cancel::Never,
         response: None,
         grpc: Vec::new(),
+        shared: Vec::new(),
     }
 }
 
