@@ -14,10 +14,10 @@ const USAGE: &str = "usage: host-sim fleet [options]
   --wasm FILE              the filter (dist/llm_router.wasm)
   --out DIR                where results go (fleet-results)
   --servers N              simulated model servers (8)
-  --qps LIST               arrival rates swept, comma-separated (8,12,16,20,24)
+  --qps LIST               arrival rates swept, comma-separated (16,20,24,28,32)
   --duration S             simulated seconds of arrivals per point (150)
   --warmup S               arrivals before this are not measured (30)
-  --seeds LIST             seeds; results are pooled over them (1)
+  --seeds LIST             seeds; results are pooled over them (1,2)
   --workloads LIST         chat,rag,no-reuse[,repeat] (chat,rag,no-reuse)
   --policies LIST          round-robin,least-queue,llm-router,affinity[,sticky]
   --interval-ms MS         sidecar scrape-and-push interval (500)

@@ -54,10 +54,10 @@ impl Default for Options {
             wasm: PathBuf::from("dist/llm_router.wasm"),
             servers: 8,
             speed: Speed::default(),
-            qps: vec![8.0, 12.0, 16.0, 20.0, 24.0],
+            qps: vec![16.0, 20.0, 24.0, 28.0, 32.0],
             duration_s: 150.0,
             warmup_s: 30.0,
-            seeds: vec![1],
+            seeds: vec![1, 2],
             workloads: vec![Workload::Chat, Workload::Rag, Workload::NoReuse],
             policies: PolicyKind::DEFAULT.to_vec(),
             // The sidecar's default scrape-and-push interval (sidecar `interval_ms`).
