@@ -12,6 +12,7 @@ pub mod hostmap;
 pub mod metrics;
 pub mod path;
 pub mod plan;
+pub mod prefix;
 pub mod quota;
 // Property checks and generators of the property tests: not part of the shipped module.
 #[cfg(test)]

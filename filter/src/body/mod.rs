@@ -55,6 +55,12 @@ pub struct RequestInfo<'a> {
     pub segments: Vec<Cow<'a, str>>,
     /// Number of chat messages (each carries a few tokens of framing).
     pub messages: u64,
+    /// Chat messages in order, each with where its text starts in `segments` (for the prefix
+    /// hash, `crate::prefix`).
+    pub turns: Vec<Turn<'a>>,
+    /// `segments[..conversation_end]` are the messages' and `prompt`/`input` text; tool
+    /// definitions and other fields follow.
+    pub conversation_end: usize,
     /// Number of tool/function definitions (each carries a few tokens of framing).
     pub tools: u64,
     /// Tokens given directly as token ids (`prompt`/`input` as integer arrays).
@@ -73,6 +79,14 @@ pub struct RequestInfo<'a> {
     pub include_usage: bool,
     /// Byte offset just after the opening `{` of the top-level object (for insertions).
     pub object_start: usize,
+}
+
+/// One chat message: its `role` as raw JSON text (`""` when absent) and the index in
+/// `RequestInfo::segments` of its first text segment.
+#[derive(Debug, Default, PartialEq)]
+pub struct Turn<'a> {
+    pub role: &'a str,
+    pub first: usize,
 }
 
 /// Reads a request body. `body` is the whole body (the caller enforces the size limit).
@@ -144,6 +158,7 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo<'_>, InvalidBody> {
     for raw in [prompt, input].into_iter().flatten() {
         prompt::prompt(&mut info, raw)?;
     }
+    info.conversation_end = info.segments.len();
     if let Some(raw) = tools {
         prompt::tools(&mut info, raw, true);
     }

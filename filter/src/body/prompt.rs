@@ -46,15 +46,21 @@ fn message<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue) -> Result<(), Inva
         return Err(InvalidBody::InvalidField);
     }
     info.messages = info.messages.saturating_add(1);
+    let first = info.segments.len();
     let segments = &mut info.segments;
+    let mut role = "";
     // Other members a template may render (`name`, `reasoning_content`, a legacy
     // `function_call`, ...); `role` is part of the per-message framing.
     let [content, tool_calls] = members(raw.get(), ["content", "tool_calls"], &mut |k, v| {
-        if !matches!(k, "content" | "tool_calls" | "role") {
+        if k == "role" {
+            role = v.get();
+        } else if !matches!(k, "content" | "tool_calls") {
             loose(segments, v);
         }
     })
     .map_err(|_| InvalidBody::InvalidField)?;
+    // The prefix hash's hook: this message's role, its text is `segments[first..]`.
+    info.turns.push(super::Turn { role, first });
     if let Some(c) = content {
         self::content(info, c);
     }

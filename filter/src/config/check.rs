@@ -582,5 +582,6 @@ pub(super) fn endpoints(
         max_queue: e.max_queue.unwrap_or(5),
         max_kv_cache,
         criticality_header: e.criticality_header.map(|h| h.to_ascii_lowercase()),
+        prefix: e.prefix.map(super::check_prefix::prefix).transpose()?,
     })
 }

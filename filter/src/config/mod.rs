@@ -2,6 +2,7 @@
 //! types below. Every error names the field it is about.
 
 mod check;
+pub mod check_prefix;
 pub mod raw;
 
 use raw::RawConfig;
@@ -188,6 +189,27 @@ pub struct Endpoints {
     pub max_queue: u64,
     pub max_kv_cache: f64,
     pub criticality_header: Option<String>,
+    /// Prefix-cache affinity (`endpoints.prefix`); `None` = off.
+    pub prefix: Option<Prefix>,
+}
+
+/// `endpoints.prefix`: send a request where its prompt prefix went before (see `crate::prefix`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prefix {
+    /// Bytes of canonical prompt text per hashed block.
+    pub block_bytes: usize,
+    /// Most blocks hashed per request (the rest of a longer prompt is not hashed).
+    pub max_blocks: usize,
+    /// Entries of the shared index (all pools together); the oldest are evicted.
+    pub index_entries: usize,
+    /// Weight of the matched prefix (fraction of the request's blocks, 0..1) in the score.
+    pub weight: f64,
+    /// Weight of the load score (queue, KV cache, running) in the score.
+    pub load_weight: f64,
+    /// A match shorter than this many blocks counts as none.
+    pub min_match_blocks: usize,
+    /// Seed of the block hashes (the same on every proxy of one deployment).
+    pub seed: u64,
 }
 
 impl Config {

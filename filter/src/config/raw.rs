@@ -165,6 +165,22 @@ pub struct RawEndpoints {
     /// Optional request header that sets the criticality (`critical`, `standard`, `sheddable`)
     /// of a request; it can only lower the criticality a `models` entry gives.
     pub criticality_header: Option<String>,
+    /// Prefix-cache affinity; absent = off, `{}` = on with defaults.
+    pub prefix: Option<RawPrefix>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrefix {
+    pub block_bytes: Option<u64>,
+    /// Alternative to `block_bytes`: estimated tokens (4 bytes each).
+    pub block_tokens: Option<u64>,
+    pub max_blocks: Option<u64>,
+    pub index_entries: Option<u64>,
+    pub weight: Option<f64>,
+    pub load_weight: Option<f64>,
+    pub min_match_blocks: Option<u64>,
+    pub seed: Option<u64>,
 }
 
 /// A JSON object kept in document order, with duplicate keys rejected (serde's maps would

@@ -282,6 +282,55 @@ fn endpoints_are_checked() {
 }
 
 #[test]
+fn prefix_is_off_by_default_and_checked() {
+    let c = parse(r#"{"tiers": {"s": {}}, "endpoints": {}}"#).unwrap();
+    assert!(c.endpoints.unwrap().prefix.is_none());
+    let c = parse(r#"{"tiers": {"s": {}}, "endpoints": {"prefix": {}}}"#).unwrap();
+    let p = c.endpoints.unwrap().prefix.unwrap();
+    assert_eq!(
+        (p.block_bytes, p.max_blocks, p.index_entries),
+        (256, 128, 16384)
+    );
+    assert_eq!((p.weight, p.load_weight, p.min_match_blocks), (2.0, 1.0, 1));
+    let c = parse(
+        r#"{"tiers": {"s": {}}, "endpoints": {"prefix": {"block_tokens": 16, "max_blocks": 8,
+            "index_entries": 64, "weight": 0.5, "load_weight": 3, "min_match_blocks": 2, "seed": 9}}}"#,
+    )
+    .unwrap();
+    let p = c.endpoints.unwrap().prefix.unwrap();
+    assert_eq!((p.block_bytes, p.max_blocks, p.index_entries), (64, 8, 64));
+    assert_eq!(
+        (p.weight, p.load_weight, p.min_match_blocks, p.seed),
+        (0.5, 3.0, 2, 9)
+    );
+    for (body, field) in [
+        (r#"{"block_bytes": 8}"#, "endpoints.prefix.block_bytes"),
+        (
+            r#"{"block_bytes": 64, "block_tokens": 16}"#,
+            "endpoints.prefix.block_tokens",
+        ),
+        (
+            r#"{"block_tokens": 100000}"#,
+            "endpoints.prefix.block_tokens",
+        ),
+        (r#"{"max_blocks": 0}"#, "endpoints.prefix.max_blocks"),
+        (r#"{"max_blocks": 1025}"#, "endpoints.prefix.max_blocks"),
+        (r#"{"index_entries": 2}"#, "endpoints.prefix.index_entries"),
+        (r#"{"weight": -1}"#, "endpoints.prefix.weight"),
+        (r#"{"load_weight": 1000}"#, "endpoints.prefix.load_weight"),
+        (
+            r#"{"min_match_blocks": 200}"#,
+            "endpoints.prefix.min_match_blocks",
+        ),
+        (r#"{"blocks": 3}"#, "endpoints.prefix"),
+    ] {
+        let cfg = format!(r#"{{"tiers": {{"s": {{}}}}, "endpoints": {{"prefix": {body}}}}}"#);
+        let e = parse_err(&cfg);
+        assert!(e.field.starts_with(field), "{body}: {e}");
+    }
+}
+
+#[test]
 fn max_body_bytes_bounds() {
     assert_eq!(
         parse_err(r#"{"tiers": {"s": {}}, "max_body_bytes": 0}"#).field,

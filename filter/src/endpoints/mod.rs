@@ -186,6 +186,24 @@ fn shorten(s: &str) -> String {
 /// Scores within this of the best count as a tie.
 const TIE: f64 = 1e-9;
 
+/// Prefix affinity of one request (`endpoints.prefix`): per endpoint of the pool (same
+/// order), the fraction (0..=1) of the request's blocks found sent there before, and the
+/// weights of that match and of the load score.
+#[derive(Debug, Clone, Copy)]
+pub struct Affinity<'a> {
+    pub matched: &'a [f64],
+    pub weight: f64,
+    pub load_weight: f64,
+}
+
+/// A pick, and whether prefix affinity changed it (the endpoint is not one load alone would
+/// have picked).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    pub pick: Pick,
+    pub affinity_changed: bool,
+}
+
 /// Picks an endpoint. `extra(i)` is the number of requests sent to endpoint `i` since the
 /// snapshot; `subset` the endpoints the gateway allows (`None`: all); `roll` is a random
 /// number for tie-breaking.
@@ -197,6 +215,26 @@ pub fn pick(
     subset: Option<&[SocketAddr]>,
     roll: u64,
 ) -> Pick {
+    pick_with(pool, extra, cfg, criticality, subset, roll, None).pick
+}
+
+/// [`pick`] with prefix affinity: score = `load_weight` x load score - `weight` x matched
+/// fraction, lowest wins. Affinity only ranks endpoints that are not saturated: when every
+/// usable endpoint is saturated (a request that is not sheddable still goes to one), load
+/// alone decides, so a saturated endpoint never wins on affinity.
+pub fn pick_with(
+    pool: &[Endpoint],
+    extra: impl Fn(usize) -> u64,
+    cfg: &Endpoints,
+    criticality: Criticality,
+    subset: Option<&[SocketAddr]>,
+    roll: u64,
+    affinity: Option<&Affinity>,
+) -> Decision {
+    let plain = |pick| Decision {
+        pick,
+        affinity_changed: false,
+    };
     let healthy: Vec<(usize, u64)> = pool
         .iter()
         .enumerate()
@@ -204,34 +242,63 @@ pub fn pick(
         .map(|(i, _)| (i, extra(i)))
         .collect();
     if healthy.is_empty() {
-        return match subset {
+        return plain(match subset {
             Some(_) => Pick::NotInSubset,
             None => Pick::NoEndpoint,
-        };
+        });
     }
     let open: Vec<(usize, u64)> = healthy
         .iter()
         .copied()
         .filter(|(i, x)| pool.get(*i).is_some_and(|e| !saturated(e, *x, cfg)))
         .collect();
-    let candidates = if open.is_empty() {
+    let (candidates, affinity) = if open.is_empty() {
         if criticality == Criticality::Sheddable {
-            return Pick::Shed;
+            return plain(Pick::Shed);
         }
-        healthy
+        (healthy, None)
     } else {
-        open
+        (open, affinity)
     };
     let scored: Vec<(usize, f64)> = candidates
         .iter()
         .filter_map(|(i, x)| pool.get(*i).map(|e| (*i, score(e, *x, cfg))))
         .collect();
+    let by_load = ties(&scored);
+    let Some(a) = affinity else {
+        return plain(choose(&by_load, roll));
+    };
+    let combined: Vec<(usize, f64)> = scored
+        .iter()
+        .map(|(i, s)| {
+            let m = a.matched.get(*i).copied().unwrap_or(0.0);
+            let m = if m.is_finite() {
+                m.clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            (*i, a.load_weight * s - a.weight * m)
+        })
+        .collect();
+    let pick = choose(&ties(&combined), roll);
+    Decision {
+        pick,
+        affinity_changed: matches!(pick, Pick::Endpoint(i) if !by_load.contains(&i)),
+    }
+}
+
+/// The endpoints whose score is within `TIE` of the best.
+fn ties(scored: &[(usize, f64)]) -> Vec<usize> {
     let best = scored.iter().map(|(_, s)| *s).fold(f64::INFINITY, f64::min);
-    let ties: Vec<usize> = scored
+    scored
         .iter()
         .filter(|(_, s)| *s <= best + TIE)
         .map(|(i, _)| *i)
-        .collect();
+        .collect()
+}
+
+/// One of `ties`, by `roll`.
+fn choose(ties: &[usize], roll: u64) -> Pick {
     let n = ties.len() as u64;
     if n == 0 {
         return Pick::NoEndpoint;

@@ -125,6 +125,7 @@ fn random_snapshots_parse_and_pick_safely() {
             max_queue: *rng.pick(&[0, 1, 5, u64::MAX]),
             max_kv_cache: *rng.pick(&[1e-9, 0.8, 1.0]),
             criticality_header: None,
+            prefix: None,
         };
         for (name, pool) in &snap.pools {
             let mut seen = std::collections::HashSet::new();

@@ -10,6 +10,7 @@ fn cfg() -> Endpoints {
         max_queue: 5,
         max_kv_cache: 0.8,
         criticality_header: None,
+        prefix: None,
     }
 }
 
@@ -377,4 +378,182 @@ fn the_gateways_subset_limits_the_pick() {
         pick(&pool, none, &cfg(), Criticality::Standard, None, 0),
         Pick::Endpoint(0)
     );
+}
+
+fn affinity(matched: &[f64], weight: f64) -> Affinity<'_> {
+    Affinity {
+        matched,
+        weight,
+        load_weight: 1.0,
+    }
+}
+
+#[test]
+fn affinity_outweighs_a_small_load_difference_only() {
+    let pool = [ep("10.0.0.1:1", 1, 0.1), ep("10.0.0.2:1", 0, 0.0)];
+    let c = cfg();
+    // Load alone: the idle one.
+    let d = pick_with(&pool, none, &c, Criticality::Standard, None, 0, None);
+    assert_eq!(d.pick, Pick::Endpoint(1));
+    assert!(!d.affinity_changed);
+    // A full match at the busier one wins with weight 2 (load difference 0.2 + 0.125).
+    let m = [1.0, 0.0];
+    let d = pick_with(
+        &pool,
+        none,
+        &c,
+        Criticality::Standard,
+        None,
+        0,
+        Some(&affinity(&m, 2.0)),
+    );
+    assert_eq!(d.pick, Pick::Endpoint(0));
+    assert!(d.affinity_changed);
+    // A small match does not.
+    let m = [0.1, 0.0];
+    let d = pick_with(
+        &pool,
+        none,
+        &c,
+        Criticality::Standard,
+        None,
+        0,
+        Some(&affinity(&m, 2.0)),
+    );
+    assert_eq!(d.pick, Pick::Endpoint(1));
+    assert!(!d.affinity_changed);
+    // Weight 0: affinity is ignored.
+    let m = [1.0, 0.0];
+    let d = pick_with(
+        &pool,
+        none,
+        &c,
+        Criticality::Standard,
+        None,
+        0,
+        Some(&affinity(&m, 0.0)),
+    );
+    assert_eq!(d.pick, Pick::Endpoint(1));
+}
+
+#[test]
+fn a_saturated_endpoint_never_wins_on_affinity() {
+    let c = cfg();
+    let m = [1.0, 0.0];
+    // Queue at max_queue.
+    let pool = [ep("10.0.0.1:1", 5, 0.0), ep("10.0.0.2:1", 4, 0.7)];
+    let d = pick_with(
+        &pool,
+        none,
+        &c,
+        Criticality::Standard,
+        None,
+        0,
+        Some(&affinity(&m, 100.0)),
+    );
+    assert_eq!(d.pick, Pick::Endpoint(1));
+    // KV cache at max_kv_cache.
+    let pool = [ep("10.0.0.1:1", 0, 0.8), ep("10.0.0.2:1", 4, 0.7)];
+    let d = pick_with(
+        &pool,
+        none,
+        &c,
+        Criticality::Standard,
+        None,
+        0,
+        Some(&affinity(&m, 100.0)),
+    );
+    assert_eq!(d.pick, Pick::Endpoint(1));
+    // Saturated by requests sent since the snapshot.
+    let pool = [ep("10.0.0.1:1", 3, 0.0), ep("10.0.0.2:1", 4, 0.7)];
+    let extra = |i: usize| if i == 0 { 2 } else { 0 };
+    let d = pick_with(
+        &pool,
+        extra,
+        &c,
+        Criticality::Standard,
+        None,
+        0,
+        Some(&affinity(&m, 100.0)),
+    );
+    assert_eq!(d.pick, Pick::Endpoint(1));
+    // Every endpoint saturated (a standard request still goes): load alone decides.
+    let pool = [ep("10.0.0.1:1", 9, 0.0), ep("10.0.0.2:1", 5, 0.0)];
+    for roll in 0..8 {
+        let d = pick_with(
+            &pool,
+            none,
+            &c,
+            Criticality::Standard,
+            None,
+            roll,
+            Some(&affinity(&m, 100.0)),
+        );
+        assert_eq!(d.pick, Pick::Endpoint(1));
+        assert!(!d.affinity_changed);
+    }
+    // An unhealthy endpoint is not a candidate either.
+    let mut sick = ep("10.0.0.1:1", 0, 0.0);
+    sick.healthy = false;
+    let pool = [sick, ep("10.0.0.2:1", 4, 0.7)];
+    let d = pick_with(
+        &pool,
+        none,
+        &c,
+        Criticality::Standard,
+        None,
+        0,
+        Some(&affinity(&m, 100.0)),
+    );
+    assert_eq!(d.pick, Pick::Endpoint(1));
+}
+
+#[test]
+fn affinity_ties_are_broken_at_random_and_bad_fractions_are_ignored() {
+    let c = cfg();
+    let pool = [
+        ep("10.0.0.1:1", 0, 0.0),
+        ep("10.0.0.2:1", 0, 0.0),
+        ep("10.0.0.3:1", 0, 0.0),
+    ];
+    let m = [0.5, 0.5, 0.0];
+    let mut seen = std::collections::HashSet::new();
+    for roll in 0..16 {
+        let d = pick_with(
+            &pool,
+            none,
+            &c,
+            Criticality::Standard,
+            None,
+            roll,
+            Some(&affinity(&m, 1.0)),
+        );
+        let Pick::Endpoint(i) = d.pick else { panic!() };
+        assert!(i < 2);
+        seen.insert(i);
+    }
+    assert_eq!(seen.len(), 2);
+    // NaN, infinite or negative fractions count as no match; a short slice is fine.
+    let m = [f64::NAN, f64::INFINITY];
+    let d = pick_with(
+        &pool,
+        none,
+        &c,
+        Criticality::Standard,
+        None,
+        2,
+        Some(&affinity(&m, 1.0)),
+    );
+    assert_eq!(d.pick, Pick::Endpoint(2));
+    assert!(!d.affinity_changed);
+    // The load weight scales the load score.
+    let pool = [ep("10.0.0.1:1", 4, 0.0), ep("10.0.0.2:1", 0, 0.0)];
+    let m = [0.5, 0.0];
+    let a = Affinity {
+        matched: &m,
+        weight: 1.0,
+        load_weight: 0.1,
+    };
+    let d = pick_with(&pool, none, &c, Criticality::Standard, None, 0, Some(&a));
+    assert_eq!(d.pick, Pick::Endpoint(0));
 }

@@ -2,8 +2,9 @@
 //! shared data, and the snapshot parsed once per version per VM.
 
 use super::host::SharedData;
-use crate::config::{Criticality, Endpoints};
-use crate::endpoints::{self, Endpoint, Meta, Pick, PoolInFlight, Snapshot};
+use crate::config::{Criticality, Endpoints, Prefix};
+use crate::endpoints::{self, Affinity, Endpoint, Meta, Pick, PoolInFlight, Snapshot};
+use crate::prefix;
 use crate::store::{update, Step, Store, StoreError};
 use log::warn;
 use std::cell::RefCell;
@@ -37,11 +38,21 @@ pub enum Outcome {
     Picked {
         address: String,
         ticket: Ticket,
+        /// With `endpoints.prefix`: what affinity found and did.
+        affinity: Option<AffinityOutcome>,
     },
     Shed,
     /// The gateway's subset hint allows no usable endpoint of the pool: answer 503.
     NotInSubset,
     Fallback(Fallback),
+}
+
+/// Prefix affinity of a picked request.
+pub struct AffinityOutcome {
+    /// Blocks of the request's prefix found sent to the picked endpoint before.
+    pub matched_blocks: usize,
+    /// Affinity changed the pick (load alone would have picked another endpoint).
+    pub changed: bool,
 }
 
 /// An in-flight count to give back when the request ends.
@@ -81,7 +92,9 @@ impl SnapshotCache {
         Some(snap)
     }
 
-    /// Picks an endpoint of `pool` for a request and counts it in flight.
+    /// Picks an endpoint of `pool` for a request and counts it in flight. `chain` is the
+    /// request's prefix hash chain (empty: no affinity).
+    #[allow(clippy::too_many_arguments)]
     pub fn pick(
         &self,
         cfg: &Endpoints,
@@ -90,6 +103,7 @@ impl SnapshotCache {
         subset: Option<&[SocketAddr]>,
         now_ms: u64,
         roll: u64,
+        chain: &[u64],
     ) -> Outcome {
         let meta = match SharedData.get(META_KEY) {
             Ok(Some((b, _))) => Meta::decode(&b),
@@ -114,12 +128,35 @@ impl SnapshotCache {
         };
         let counts = in_flight.per_endpoint(meta.version, endpoints);
         let extra = |i: usize| counts.get(i).copied().unwrap_or(0);
-        match endpoints::pick(endpoints, extra, cfg, criticality, subset, roll) {
+        let mut affinity = cfg
+            .prefix
+            .as_ref()
+            .filter(|_| !chain.is_empty())
+            .map(|p| Affine::find(p, pool, endpoints, chain));
+        let matched = affinity.as_ref().map(|a| a.matched.as_slice());
+        let weights = matched.zip(cfg.prefix.as_ref()).map(|(m, p)| Affinity {
+            matched: m,
+            weight: p.weight,
+            load_weight: p.load_weight,
+        });
+        let decision = endpoints::pick_with(
+            endpoints,
+            extra,
+            cfg,
+            criticality,
+            subset,
+            roll,
+            weights.as_ref(),
+        );
+        match decision.pick {
             Pick::Endpoint(i) => {
                 let Some(e) = endpoints.get(i) else {
                     return Outcome::Fallback(Fallback::NoEndpoint);
                 };
                 count_in(&key, meta.version, &e.address, endpoints);
+                let affinity = affinity
+                    .take()
+                    .map(|a| a.remember(i, chain, now_ms, decision));
                 Outcome::Picked {
                     address: e.address.clone(),
                     ticket: Ticket {
@@ -127,11 +164,75 @@ impl SnapshotCache {
                         address: e.address.clone(),
                         version: meta.version,
                     },
+                    affinity,
                 }
             }
             Pick::Shed => Outcome::Shed,
             Pick::NoEndpoint => Outcome::Fallback(Fallback::NoEndpoint),
             Pick::NotInSubset => Outcome::NotInSubset,
+        }
+    }
+}
+
+/// One request's view of the prefix index and what its lookup found.
+struct Affine {
+    tags: Vec<u64>,
+    shards: usize,
+    pool: u32,
+    look: prefix::Lookup,
+    matched: Vec<f64>,
+}
+
+impl Affine {
+    fn find(cfg: &Prefix, pool: &str, endpoints: &[Endpoint], chain: &[u64]) -> Affine {
+        let tags: Vec<u64> = endpoints
+            .iter()
+            .map(|e| prefix::endpoint_tag(cfg.seed, &e.address))
+            .collect();
+        let shards = prefix::shard_count(cfg.index_entries);
+        let pool = prefix::pool_tag(cfg.seed, pool);
+        let view = prefix::View {
+            shards,
+            pool,
+            endpoints: &tags,
+        };
+        let look = prefix::lookup(&SharedData, &view, chain);
+        let matched = prefix::matched_fractions(
+            &look.hits,
+            endpoints.len(),
+            chain.len(),
+            cfg.min_match_blocks,
+        );
+        Affine {
+            tags,
+            shards,
+            pool,
+            look,
+            matched,
+        }
+    }
+
+    /// Writes the pick into the index.
+    fn remember(
+        self,
+        picked: usize,
+        chain: &[u64],
+        now_ms: u64,
+        decision: endpoints::Decision,
+    ) -> AffinityOutcome {
+        let matched_blocks = prefix::matched_blocks(&self.look.hits, picked);
+        let view = prefix::View {
+            shards: self.shards,
+            pool: self.pool,
+            endpoints: &self.tags,
+        };
+        let now_s = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+        if let Some(&tag) = self.tags.get(picked) {
+            prefix::record(&SharedData, &view, chain, self.look, tag, now_s);
+        }
+        AffinityOutcome {
+            matched_blocks,
+            changed: decision.affinity_changed,
         }
     }
 }

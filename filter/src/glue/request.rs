@@ -347,11 +347,26 @@ fn pick_endpoint(
         subset.as_deref(),
         now_ms(),
         random_u64(),
+        &fwd.prefix,
     ) {
-        picker::Outcome::Picked { address, ticket } => {
+        picker::Outcome::Picked {
+            address,
+            ticket,
+            affinity,
+        } => {
             let label = sh.stats.endpoint_label(&address);
             sh.stats.inc(Metric::EndpointPicked, &[routed.tier, label]);
-            publish(&trace::endpoint(Some(&address), trace::ENDPOINT_PICKED));
+            let mut reason = trace::ENDPOINT_PICKED;
+            if let (Some(a), Some(p)) = (affinity, ep_cfg.prefix.as_ref()) {
+                let tokens = crate::prefix::tokens_of(a.matched_blocks, p);
+                sh.stats
+                    .record(Metric::PrefixMatchTokens, &[routed.tier], tokens);
+                if a.changed {
+                    sh.stats.inc(Metric::PrefixAffinityChanged, &[routed.tier]);
+                    reason = trace::ENDPOINT_PREFIX_AFFINITY;
+                }
+            }
+            publish(&trace::endpoint(Some(&address), reason));
             fwd.set_headers
                 .push((sh.cfg.headers.endpoint.clone(), address));
             routed.ticket = Some(ticket);

@@ -46,6 +46,12 @@ pub enum Metric {
     /// counter {trigger}: grants credited to a lease (`tick`: background, `request`: a
     /// request's synchronous take)
     LeaseRefills,
+    /// histogram {pool}: prompt prefix found sent to the picked endpoint before, in estimated
+    /// tokens (`endpoints.prefix`)
+    PrefixMatchTokens,
+    /// counter {pool}: picks prefix affinity changed (load alone would have picked another
+    /// endpoint)
+    PrefixAffinityChanged,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,14 +99,17 @@ impl Metric {
             Metric::GlobalFallback => "llm_router_global_fallback_total",
             Metric::GlobalOutage => "llm_router_global_outage",
             Metric::LeaseRefills => "llm_router_global_lease_refills_total",
+            Metric::PrefixMatchTokens => "llm_router_prefix_match_tokens",
+            Metric::PrefixAffinityChanged => "llm_router_prefix_affinity_changed_total",
         }
     }
 
     pub fn kind(self) -> Kind {
         match self {
-            Metric::PromptTokensEstimated | Metric::RequestDuration | Metric::TimeToFirstToken => {
-                Kind::Histogram
-            }
+            Metric::PromptTokensEstimated
+            | Metric::RequestDuration
+            | Metric::TimeToFirstToken
+            | Metric::PrefixMatchTokens => Kind::Histogram,
             Metric::GlobalOutage => Kind::Gauge,
             _ => Kind::Counter,
         }
@@ -121,10 +130,11 @@ impl Metric {
             Metric::GlobalCalls => &[Method, CallResult],
             Metric::GlobalFallback | Metric::GlobalOutage => &[OutageAction],
             Metric::LeaseRefills => &[Trigger],
+            Metric::PrefixMatchTokens | Metric::PrefixAffinityChanged => &[Pool],
         }
     }
 
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 17] = [
         Metric::Requests,
         Metric::ModelSelected,
         Metric::Tokens,
@@ -140,6 +150,8 @@ impl Metric {
         Metric::GlobalFallback,
         Metric::GlobalOutage,
         Metric::LeaseRefills,
+        Metric::PrefixMatchTokens,
+        Metric::PrefixAffinityChanged,
     ];
 
     /// Label names, in order (for docs, dashboards and their tests).

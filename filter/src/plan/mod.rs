@@ -49,6 +49,9 @@ pub struct Forward {
     pub stream: bool,
     pub criticality: Criticality,
     pub invalid: Option<InvalidBody>,
+    /// Block hash chain of the prompt prefix for the tier's pool (`endpoints.prefix`; empty
+    /// when off or the body could not be read).
+    pub prefix: Vec<u64>,
 }
 
 /// Decides an inspected request. `path` is the normalised path ([`crate::path::normalize`]).
@@ -104,6 +107,11 @@ pub fn plan(
         set_headers.push((cfg.headers.model.clone(), m.to_string()));
     }
 
+    let prefix = match cfg.endpoints.as_ref().and_then(|e| e.prefix.as_ref()) {
+        Some(p) => crate::prefix::chain(&info, p, &tier_name(cfg, tier)),
+        None => Vec::new(),
+    };
+
     Plan::Forward(Forward {
         tier,
         reason,
@@ -118,6 +126,7 @@ pub fn plan(
         stream: info.stream,
         criticality: choice.criticality,
         invalid: None,
+        prefix,
     })
 }
 
@@ -157,6 +166,7 @@ pub fn invalid(cfg: &Config, why: InvalidBody, body: Option<&[u8]>, body_bytes: 
                 stream: false,
                 criticality: Criticality::Standard,
                 invalid: Some(why),
+                prefix: Vec::new(),
             })
         }
     }

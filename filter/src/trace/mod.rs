@@ -55,6 +55,8 @@ pub const ATTRIBUTES: [(&str, &str); 14] = [
 /// Values of `llm_router.endpoint_reason`: why an endpoint was named, or why none was (the
 /// fallback reasons are `metrics::FALLBACK_REASON`).
 pub const ENDPOINT_PICKED: &str = "least_loaded";
+/// Picked because of prefix affinity (load alone would have picked another endpoint).
+pub const ENDPOINT_PREFIX_AFFINITY: &str = "prefix_affinity";
 pub const ENDPOINT_SHED: &str = "shed";
 pub const ENDPOINT_NOT_IN_SUBSET: &str = "not_in_subset";
 

@@ -33,15 +33,20 @@ pub enum Setup {
     /// The shipped configuration: tenants (limits raised so every request is admitted),
     /// metrics, endpoint picking from a pushed load snapshot.
     Shipped,
+    /// The shipped configuration with prefix affinity on (`endpoints.prefix: {}`); every
+    /// measured request starts a new conversation (its system prompt differs), so it looks up
+    /// and writes all its indexed blocks: the costlier case.
+    Prefix,
 }
 
 impl Setup {
-    pub const ALL: [Setup; 2] = [Setup::Routing, Setup::Shipped];
+    pub const ALL: [Setup; 3] = [Setup::Routing, Setup::Shipped, Setup::Prefix];
 
     pub fn name(self) -> &'static str {
         match self {
             Setup::Routing => "routing",
             Setup::Shipped => "shipped",
+            Setup::Prefix => "prefix",
         }
     }
 
@@ -60,6 +65,12 @@ impl Setup {
                 obj.remove("endpoints");
             }
             Setup::Shipped => raise_limits(obj),
+            Setup::Prefix => {
+                raise_limits(obj);
+                if let Some(e) = obj.get_mut("endpoints").and_then(Value::as_object_mut) {
+                    e.insert("prefix".to_string(), json!({}));
+                }
+            }
         }
         Ok(pc)
     }
@@ -181,11 +192,19 @@ fn measure_one(wasm: &[u8], setup: Setup, size: usize) -> Result<RequestCost> {
         .seed(11)
         .build()?;
     host.start()?;
-    if setup == Setup::Shipped {
+    if setup != Setup::Routing {
         push_snapshot(&mut host)?;
     }
-    let body = chat_body(size);
     for i in 0..=WARMUP {
+        let mut body = chat_body(size);
+        if setup == Setup::Prefix {
+            // A new conversation each time: the system prompt's first byte differs.
+            let at = CHAT_HEAD_SYSTEM_AT;
+            if let Some(b) = body.get_mut(at) {
+                *b = b'A' + i as u8;
+            }
+        }
+        let body = body;
         host.take_costs(0);
         let (context, routed) = one_request(&mut host, &body, i)?;
         if !routed {
@@ -283,6 +302,9 @@ const SENTENCES: [&str; 8] = [
     "The customer asked for a short answer they can forward to their finance department.",
     "Keep the tone polite, avoid internal jargon, and mention the ticket number at the end.",
 ];
+
+/// Offset in `chat_body` of the system prompt's first byte.
+const CHAT_HEAD_SYSTEM_AT: usize = 63;
 
 /// A chat request body of about `size` bytes, shaped like the load test's (`chat.lua`).
 pub fn chat_body(size: usize) -> Vec<u8> {

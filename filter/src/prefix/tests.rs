@@ -1,0 +1,388 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::index::View;
+use super::*;
+use crate::body::inspect;
+use crate::store::{Store, StoreError};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+pub(super) fn cfg(block_bytes: usize, max_blocks: usize) -> Prefix {
+    Prefix {
+        block_bytes,
+        max_blocks,
+        index_entries: 1024,
+        weight: 2.0,
+        load_weight: 1.0,
+        min_match_blocks: 1,
+        seed: 7,
+    }
+}
+
+fn chain_of_body(body: &str, c: &Prefix) -> Vec<u64> {
+    chain(&inspect(body.as_bytes()).unwrap(), c, "small")
+}
+
+fn chat(messages: &[(&str, &str)]) -> String {
+    let msgs: Vec<String> = messages
+        .iter()
+        .map(|(r, c)| {
+            format!(
+                r#"{{"role":{},"content":{}}}"#,
+                serde_json::to_string(r).unwrap(),
+                serde_json::to_string(c).unwrap()
+            )
+        })
+        .collect();
+    format!(r#"{{"model":"m","messages":[{}]}}"#, msgs.join(","))
+}
+
+fn long(seed: &str, n: usize) -> String {
+    (0..n).map(|i| format!("{seed} {i}. ")).collect()
+}
+
+#[test]
+fn same_prefix_same_chain_whatever_the_json_layout() {
+    let c = cfg(32, 64);
+    let a = chat(&[
+        ("system", &long("sys", 20)),
+        ("user", "hello there how are you"),
+    ]);
+    let spaced = a.replace(',', " ,\n  ").replace(':', " : ");
+    // Keys reordered and a string written with escapes decode to the same text.
+    let reordered = format!(
+        r#"{{ "messages" : [ {{"content":{}, "role":"system"}}, {{"content":"hello there how are \u0079ou","role":"user"}} ], "model":"other" }}"#,
+        serde_json::to_string(&long("sys", 20)).unwrap()
+    );
+    let ca = chain_of_body(&a, &c);
+    assert!(ca.len() > 4);
+    assert_eq!(ca, chain_of_body(&spaced, &c));
+    assert_eq!(ca, chain_of_body(&reordered, &c));
+}
+
+#[test]
+fn a_growing_conversation_extends_its_chain() {
+    let c = cfg(32, 256);
+    let sys = long("sys", 20);
+    let turn1 = chat(&[("system", &sys), ("user", &long("q1", 10))]);
+    let turn2 = chat(&[
+        ("system", &sys),
+        ("user", &long("q1", 10)),
+        ("assistant", &long("a1", 10)),
+        ("user", &long("q2", 10)),
+    ]);
+    let (c1, c2) = (chain_of_body(&turn1, &c), chain_of_body(&turn2, &c));
+    assert!(c2.len() > c1.len());
+    // Every whole block of turn 1 is a block of turn 2 (its last, partial block is not
+    // hashed).
+    assert_eq!(c1[..], c2[..c1.len()]);
+}
+
+#[test]
+fn a_changed_earlier_message_changes_every_later_block() {
+    let c = cfg(32, 256);
+    let a = chat(&[("system", &long("sys", 20)), ("user", &long("q", 20))]);
+    let b = chat(&[("system", &long("sys", 20)), ("user", &long("Q", 20))]);
+    let (ca, cb) = (chain_of_body(&a, &c), chain_of_body(&b, &c));
+    assert_eq!(ca.len(), cb.len());
+    let first_diff = ca.iter().zip(&cb).position(|(x, y)| x != y).unwrap();
+    assert!(first_diff > 0, "the system prompt's blocks are shared");
+    for (x, y) in ca.iter().zip(&cb).skip(first_diff) {
+        assert_ne!(x, y);
+    }
+    // The role is part of the prefix too.
+    let d = chat(&[("user", &long("sys", 20)), ("user", &long("q", 20))]);
+    assert_ne!(ca[0], chain_of_body(&d, &c)[0]);
+}
+
+#[test]
+fn message_boundaries_count() {
+    let c = cfg(16, 64);
+    let a = chat(&[
+        ("user", "abcdefghijklmnopqrstuvwxyz"),
+        ("user", "0123456789"),
+    ]);
+    let b = chat(&[
+        ("user", "abcdefghijklmnop"),
+        ("user", "qrstuvwxyz0123456789"),
+    ]);
+    assert_ne!(chain_of_body(&a, &c)[1], chain_of_body(&b, &c)[1]);
+}
+
+#[test]
+fn text_parts_and_prompts_are_hashed() {
+    let c = cfg(16, 64);
+    let parts = r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a long enough text part, really"},{"type":"image_url","image_url":{"url":"data:x"}}]}]}"#;
+    let plain = r#"{"messages":[{"role":"user","content":["a long enough text part, really"]}]}"#;
+    assert!(!chain_of_body(parts, &c).is_empty());
+    let prompt = r#"{"model":"m","prompt":"a long enough completion prompt, really"}"#;
+    let prompt2 = r#"{"prompt":"a long enough completion prompt, really","model":"x"}"#;
+    assert!(chain_of_body(prompt, &c).len() >= 2);
+    assert_eq!(chain_of_body(prompt, &c), chain_of_body(prompt2, &c));
+    let _ = plain;
+}
+
+#[test]
+fn pools_and_seeds_separate_chains() {
+    let c = cfg(16, 64);
+    let body = chat(&[("user", &long("x", 10))]);
+    let info = inspect(body.as_bytes()).unwrap();
+    let small = chain(&info, &c, "small");
+    assert_ne!(small, chain(&info, &c, "large"));
+    let mut other = c.clone();
+    other.seed = 8;
+    assert_ne!(small, chain(&info, &other, "small"));
+}
+
+#[test]
+fn the_chain_is_capped() {
+    let c = cfg(16, 5);
+    let body = chat(&[("user", &long("x", 200))]);
+    assert_eq!(chain_of_body(&body, &c).len(), 5);
+    // Shorter than one block: no chain, no affinity.
+    assert!(chain_of_body(r#"{"messages":[{"role":"user","content":"hi"}]}"#, &c).is_empty());
+    let info = inspect(body.as_bytes()).unwrap();
+    assert_eq!(canonical(&info, 40).len(), 40);
+}
+
+#[test]
+fn grid_is_powers_of_two() {
+    assert_eq!(grid(0), Vec::<usize>::new());
+    assert_eq!(grid(1), vec![1]);
+    assert_eq!(grid(12), vec![1, 2, 4, 8]);
+    assert_eq!(grid(1024).len(), 11);
+}
+
+type Hook = Box<dyn FnMut(&Mem)>;
+
+/// Shared data with Envoy's CAS rules; counts calls; may let another writer in before a set.
+#[derive(Default)]
+pub(super) struct Mem {
+    pub map: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    next: Cell<u32>,
+    pub calls: Cell<usize>,
+    pub interfere: RefCell<Option<Hook>>,
+}
+
+impl Store for Mem {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.calls.set(self.calls.get() + 1);
+        Ok(self.map.borrow().get(key).cloned())
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        self.calls.set(self.calls.get() + 1);
+        let hook = self.interfere.borrow_mut().take();
+        if let Some(mut f) = hook {
+            f(self);
+        }
+        let mut map = self.map.borrow_mut();
+        if let Some((_, cur)) = map.get(key) {
+            if cas != 0 && cas != *cur {
+                return Err(StoreError::CasMismatch);
+            }
+        }
+        self.next.set(self.next.get() + 1);
+        map.insert(key.to_string(), (value.to_vec(), self.next.get()));
+        Ok(())
+    }
+}
+
+fn view(tags: &[u64]) -> View<'_> {
+    View {
+        shards: 64,
+        pool: 1,
+        endpoints: tags,
+    }
+}
+
+fn route(store: &Mem, tags: &[u64], chain: &[u64], picked: usize, now: u32) -> Vec<Hit> {
+    let v = view(tags);
+    let look = lookup(store, &v, chain);
+    let found = look.hits.clone();
+    record(store, &v, chain, look, tags[picked], now);
+    found
+}
+
+#[test]
+fn the_index_finds_the_longest_prefix_sent_before() {
+    let store = Mem::default();
+    let tags = [11, 22, 33];
+    let turn1: Vec<u64> = (1..=20).collect();
+    assert!(route(&store, &tags, &turn1, 1, 100).is_empty());
+    // Turn 2 extends turn 1: its longest indexed block is 16 (grid of 20 blocks).
+    let mut turn2 = turn1.clone();
+    turn2.extend(100..130);
+    let found = lookup(&store, &view(&tags), &turn2);
+    assert_eq!(
+        found.longest(),
+        Some(Hit {
+            blocks: 16,
+            endpoint: 1
+        })
+    );
+    // Another conversation sharing only the first 3 blocks matches 2.
+    let other: Vec<u64> = [1, 2, 3].into_iter().chain(500..540).collect();
+    let found = lookup(&store, &view(&tags), &other);
+    assert_eq!(found.longest().map(|h| h.blocks), Some(2));
+    assert!(found.calls <= 4);
+}
+
+#[test]
+fn endpoints_that_left_the_pool_are_ignored_and_forgotten() {
+    let store = Mem::default();
+    let chain: Vec<u64> = (1..=8).collect();
+    route(&store, &[11, 22], &chain, 0, 100);
+    // 11 left the pool: its entries match nothing.
+    assert!(lookup(&store, &view(&[22, 33]), &chain).hits.is_empty());
+    // And the next write to a shard drops them.
+    let mut shard = Shard::default();
+    shard.upsert(
+        ShardEntry {
+            hash: 1,
+            endpoint: 11,
+            pool: 1,
+            stamp: 1,
+        },
+        &|_| true,
+    );
+    shard.upsert(
+        ShardEntry {
+            hash: 2,
+            endpoint: 22,
+            pool: 1,
+            stamp: 1,
+        },
+        &|t| t != 11,
+    );
+    assert_eq!(shard.entries.len(), 1);
+    assert_eq!(shard.entries[0].endpoint, 22);
+}
+
+#[test]
+fn a_full_shard_evicts_its_oldest_entry() {
+    let mut shard = Shard::default();
+    for i in 0..(SHARD_SLOTS as u64 + 5) {
+        let entry = ShardEntry {
+            hash: i,
+            endpoint: 1,
+            pool: 1,
+            stamp: 1000 - i as u32,
+        };
+        shard.upsert(entry, &|_| true);
+        assert!(shard.entries.len() <= SHARD_SLOTS);
+    }
+    // Stamps fall with i, so each insert evicted the oldest (smallest stamp) before it: the
+    // newest insert survives, the first ones (newest stamps) survive too.
+    assert_eq!(shard.entries.len(), SHARD_SLOTS);
+    assert!(shard.find(0, 1).is_some());
+    assert!(shard.find(SHARD_SLOTS as u64 + 4, 1).is_some());
+    // Re-sending a block to another endpoint replaces its entry.
+    shard.upsert(
+        ShardEntry {
+            hash: 0,
+            endpoint: 9,
+            pool: 1,
+            stamp: 2000,
+        },
+        &|_| true,
+    );
+    assert_eq!(shard.find(0, 1).unwrap().endpoint, 9);
+    assert_eq!(shard.entries.len(), SHARD_SLOTS);
+    assert!(
+        shard.find(0, 2).is_none(),
+        "another pool's entry is not this one"
+    );
+}
+
+#[test]
+fn full_hashes_are_verified() {
+    let store = Mem::default();
+    let tags = [11];
+    let chain: Vec<u64> = vec![5];
+    route(&store, &tags, &chain, 0, 1);
+    // 5 + 64 lands in the same shard (64 shards) but is another block.
+    assert!(lookup(&store, &view(&tags), &[69]).hits.is_empty());
+    assert_eq!(lookup(&store, &view(&tags), &[5]).hits.len(), 1);
+}
+
+#[test]
+fn corrupted_values_read_as_empty_and_are_overwritten() {
+    let store = Mem::default();
+    let tags = [11];
+    let chain: Vec<u64> = vec![5];
+    store.map.borrow_mut().insert(key(5), (vec![1, 2, 3], 1));
+    assert!(lookup(&store, &view(&tags), &chain).hits.is_empty());
+    route(&store, &tags, &chain, 0, 1);
+    assert_eq!(lookup(&store, &view(&tags), &chain).hits.len(), 1);
+}
+
+#[test]
+fn a_lost_cas_race_is_retried_once() {
+    let store = Mem::default();
+    let tags = [11, 22];
+    let chain: Vec<u64> = vec![5];
+    let v = view(&tags);
+    let look = lookup(&store, &v, &chain);
+    // Another worker writes the same shard between our read and our write.
+    *store.interfere.borrow_mut() = Some(Box::new(|m: &Mem| {
+        let look = lookup(m, &view(&[11, 22]), &[69]);
+        record(m, &view(&[11, 22]), &[69], look, 22, 1);
+    }));
+    record(&store, &v, &chain, look, 11, 1);
+    // Both writes landed.
+    assert_eq!(lookup(&store, &v, &[5]).longest().unwrap().endpoint, 0);
+    assert_eq!(lookup(&store, &v, &[69]).longest().unwrap().endpoint, 1);
+}
+
+#[test]
+fn host_calls_stay_within_the_budget() {
+    let store = Mem::default();
+    let tags = [11, 22];
+    for n in [1usize, 7, 100, 1024] {
+        // Distinct hashes, so every grid block lands in its own shard at worst.
+        let chain: Vec<u64> = (0..n as u64).map(|i| i * 64 + n as u64).collect();
+        let before = store.calls.get();
+        let v = View {
+            shards: 4096,
+            pool: 1,
+            endpoints: &tags,
+        };
+        let look = lookup(&store, &v, &chain);
+        let calls = record(&store, &v, &chain, look, 11, 1);
+        assert_eq!(store.calls.get() - before, calls);
+        assert!(calls <= MAX_HOST_CALLS, "{n} blocks: {calls} calls");
+    }
+    // A repeated request finds everything fresh and writes nothing.
+    let chain: Vec<u64> = (1..=8).collect();
+    route(&store, &tags, &chain, 0, 1);
+    let before = store.calls.get();
+    route(&store, &tags, &chain, 0, 2);
+    assert!(store.calls.get() - before <= 3);
+}
+
+#[test]
+fn matched_fractions_use_the_longest_hit_and_the_minimum() {
+    let hits = [
+        Hit {
+            blocks: 2,
+            endpoint: 0,
+        },
+        Hit {
+            blocks: 8,
+            endpoint: 1,
+        },
+        Hit {
+            blocks: 1,
+            endpoint: 1,
+        },
+        Hit {
+            blocks: 4,
+            endpoint: 9,
+        },
+    ];
+    assert_eq!(matched_fractions(&hits, 3, 16, 1), vec![0.125, 0.5, 0.0]);
+    assert_eq!(matched_fractions(&hits, 3, 16, 4), vec![0.0, 0.5, 0.0]);
+    assert_eq!(matched_fractions(&hits, 3, 0, 1), vec![0.0; 3]);
+    assert_eq!(matched_blocks(&hits, 1), 8);
+    assert_eq!(matched_blocks(&hits, 2), 0);
+}
