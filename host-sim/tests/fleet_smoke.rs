@@ -14,8 +14,8 @@ use host_sim::fleet::report::Acc;
 use host_sim::fleet::workload::{generate, Request, Workload};
 use host_sim::fleet::{run_one, Options};
 
-/// The policy that keeps a prompt's prefix on one server.
-const AFFINITY: PolicyKind = PolicyKind::Sticky;
+/// The filter with prefix affinity (`endpoints.prefix: {}`, its defaults).
+const AFFINITY: PolicyKind = PolicyKind::Affinity;
 
 fn opts() -> Options {
     let mut o = Options {

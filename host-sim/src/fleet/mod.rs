@@ -153,7 +153,6 @@ pub fn run_one(
 /// finished point.
 pub fn sweep(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Summary>> {
     let mut rows = Vec::new();
-    let warmup_us = (opts.warmup_s * 1e6) as u64;
     for &w in &opts.workloads {
         for &q in &opts.qps {
             let mut accs: Vec<(PolicyKind, Acc, Option<String>)> = opts
@@ -162,7 +161,9 @@ pub fn sweep(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Vec<Summa
                 .map(|p| (*p, Acc::default(), None))
                 .collect();
             for &seed in &opts.seeds {
-                let reqs = generate(&opts.spec(w, q, seed))?;
+                let spec = opts.spec(w, q, seed);
+                let warmup_us = ((opts.warmup_s + spec.preroll_s()) * 1e6) as u64;
+                let reqs = generate(&spec)?;
                 for (kind, acc, missing) in &mut accs {
                     if missing.is_some() {
                         continue;

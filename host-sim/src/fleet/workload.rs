@@ -196,10 +196,24 @@ pub struct Spec {
     pub block_tokens: u32,
 }
 
+impl Spec {
+    /// Seconds of arrivals before the nominal duration: a chat run starts with sessions
+    /// already under way (their earlier turns are requests too). Arrival times include it;
+    /// measurements skip it.
+    pub fn preroll_s(&self) -> f64 {
+        match self.workload {
+            Workload::Chat => CHAT_PREROLL_S,
+            _ => 0.0,
+        }
+    }
+}
+
 /// Chat: turns per session (uniform), seconds between a session's turns (mean, exponential
 /// past a floor).
 const TURNS: (u64, u64) = (4, 12);
 const THINK_S: (f64, f64) = (8.0, 6.0);
+/// Chat: seconds of arrivals before the nominal start (not measured; see [`Spec::preroll_s`]).
+const CHAT_PREROLL_S: f64 = 120.0;
 /// RAG: documents (more than one server's cache holds), Zipf(1) popularity.
 const DOCS: usize = 256;
 
@@ -220,11 +234,12 @@ pub fn generate(spec: &Spec) -> Result<Vec<Request>> {
             let systems: Vec<Arc<[u32]>> = (0..4).map(|_| words(&mut r, 1000, 2000)).collect();
             let mean_turns = (TURNS.0 + TURNS.1) as f64 / 2.0;
             let rate = spec.qps / mean_turns;
-            // Sessions start before 0 too, so the load is steady from the start.
-            let span = (TURNS.1 as f64 * (THINK_S.0 + THINK_S.1) * 2.0 * 1e6) as u64;
+            // Sessions start during the pre-roll too (all their turns are requests), so the
+            // load is about steady and no history is cold once the pre-roll is over.
+            let pre = (CHAT_PREROLL_S * 1e6) as u64;
             let mut t = 0u64;
             let mut session = 0u64;
-            while t < end + span {
+            while t < end + pre {
                 t += exp_us(&mut r, 1.0 / rate);
                 session += 1;
                 let sys = r.pick(&systems).clone();
@@ -234,8 +249,8 @@ pub fn generate(spec: &Spec) -> Result<Vec<Request>> {
                 for _ in 0..turns {
                     history.push((Role::User, words(&mut r, 100, 400)));
                     let answer = words(&mut r, 100, 300);
-                    if at >= span && at - span < end {
-                        raw.push((at - span, history.clone(), answer.clone(), session));
+                    if at < end + pre {
+                        raw.push((at, history.clone(), answer.clone(), session));
                     }
                     history.push((Role::Assistant, answer));
                     at += (THINK_S.0 * 1e6) as u64 + exp_us(&mut r, THINK_S.1);
@@ -345,7 +360,9 @@ mod tests {
         assert_eq!(prev.chain[..], next.chain[..shared as usize]);
         assert!(next.prompt_tokens > prev.prompt_tokens + prev.output_tokens);
         assert!(reqs.windows(2).all(|w| w[0].arrival_us <= w[1].arrival_us));
-        let rate = reqs.len() as f64 / 60.0;
+        // After the pre-roll the rate is the one asked for.
+        let pre = (spec(Workload::Chat).preroll_s() * 1e6) as u64;
+        let rate = reqs.iter().filter(|q| q.arrival_us >= pre).count() as f64 / 60.0;
         assert!((3.0..7.0).contains(&rate), "{rate} req/s for 5 QPS");
     }
 
