@@ -26,6 +26,9 @@ pub struct Summary {
     pub hit_rate: f64,
     /// Requests the filter left to the gateway's balancing (no fresh snapshot).
     pub fallbacks: u64,
+    /// Of the requests whose conversation / document was seen before, the share sent to another
+    /// server than the previous one of the same conversation / document.
+    pub moved: f64,
     /// Why the policy did not run (e.g. the filter refused `endpoints.prefix`).
     pub unavailable: Option<String>,
 }
@@ -40,14 +43,22 @@ pub struct Acc {
     out_tokens: u64,
     span_s: f64,
     fallbacks: u64,
+    repeats: u64,
+    moves: u64,
 }
 
 impl Acc {
     pub fn add(&mut self, reqs: &[Request], outs: &[Outcome], warmup_us: u64, fallbacks: u64) {
         let mut last = warmup_us;
+        let mut seen: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
         for (r, o) in reqs.iter().zip(outs) {
+            let before = seen.insert(r.group, o.server);
             if r.arrival_us < warmup_us {
                 continue;
+            }
+            if let Some(b) = before {
+                self.repeats += 1;
+                self.moves += u64::from(b != o.server);
             }
             let (Some(f), Some(d)) = (o.first_us, o.done_us) else {
                 continue;
@@ -84,6 +95,11 @@ impl Acc {
                 self.cached as f64 / self.prompt as f64
             },
             fallbacks: self.fallbacks,
+            moved: if self.repeats == 0 {
+                0.0
+            } else {
+                self.moves as f64 / self.repeats as f64
+            },
             unavailable: None,
         }
     }
@@ -112,6 +128,7 @@ pub fn unavailable(workload: &str, qps: f64, policy: &str, why: String) -> Summa
         out_tok_per_s: f64::NAN,
         hit_rate: f64::NAN,
         fallbacks: 0,
+        moved: f64::NAN,
         unavailable: Some(why),
     }
 }
@@ -120,7 +137,7 @@ pub fn table(rows: &[Summary]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<9} {:>6} {:<20} {:>6} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>6} {:>5}",
+        "{:<9} {:>6} {:<20} {:>6} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>6} {:>6} {:>5}",
         "workload",
         "QPS",
         "policy",
@@ -132,6 +149,7 @@ pub fn table(rows: &[Summary]) -> String {
         "req/s",
         "tok/s",
         "hit%",
+        "moved%",
         "fallb"
     );
     let mut last = "";
@@ -150,9 +168,10 @@ pub fn table(rows: &[Summary]) -> String {
         }
         let _ = writeln!(
             s,
-            "{:<9} {:>6} {:<20} {:>6} {:>8.3}s {:>8.3}s {:>7.2}s {:>7.2}s {:>7.2} {:>8.0} {:>5.1}% {:>5}",
+            "{:<9} {:>6} {:<20} {:>6} {:>8.3}s {:>8.3}s {:>7.2}s {:>7.2}s {:>7.2} {:>8.0} {:>5.1}% {:>5.1}% {:>5}",
             r.workload, r.qps, r.policy, r.requests, r.ttft_p50_s, r.ttft_p99_s, r.e2e_p50_s,
-            r.e2e_p99_s, r.req_per_s, r.out_tok_per_s, r.hit_rate * 100.0, r.fallbacks
+            r.e2e_p99_s, r.req_per_s, r.out_tok_per_s, r.hit_rate * 100.0, r.moved * 100.0,
+            r.fallbacks
         );
     }
     s
@@ -160,12 +179,12 @@ pub fn table(rows: &[Summary]) -> String {
 
 pub fn csv(rows: &[Summary]) -> String {
     let mut s = String::from(
-        "workload,qps,policy,requests,ttft_p50_s,ttft_p99_s,e2e_p50_s,e2e_p99_s,req_per_s,out_tok_per_s,prefix_cache_hit_rate,fallbacks,unavailable\n",
+        "workload,qps,policy,requests,ttft_p50_s,ttft_p99_s,e2e_p50_s,e2e_p99_s,req_per_s,out_tok_per_s,prefix_cache_hit_rate,moved,fallbacks,unavailable\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.3},{:.1},{:.4},{},{}",
+            "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.3},{:.1},{:.4},{:.4},{},{}",
             r.workload,
             r.qps,
             r.policy,
@@ -177,6 +196,7 @@ pub fn csv(rows: &[Summary]) -> String {
             r.req_per_s,
             r.out_tok_per_s,
             r.hit_rate,
+            r.moved,
             r.fallbacks,
             r.unavailable
                 .as_deref()
@@ -204,7 +224,8 @@ pub fn to_json(rows: &[Summary], params: Value, goals: &[Goal]) -> Value {
                 "ttft_p50_s": num(r.ttft_p50_s), "ttft_p99_s": num(r.ttft_p99_s),
                 "e2e_p50_s": num(r.e2e_p50_s), "e2e_p99_s": num(r.e2e_p99_s),
                 "req_per_s": num(r.req_per_s), "out_tok_per_s": num(r.out_tok_per_s),
-                "prefix_cache_hit_rate": num(r.hit_rate), "fallbacks": r.fallbacks,
+                "prefix_cache_hit_rate": num(r.hit_rate), "moved": num(r.moved),
+                "fallbacks": r.fallbacks,
                 "unavailable": r.unavailable,
             })
         })
