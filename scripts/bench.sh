@@ -5,6 +5,10 @@
 #           then native throughput of the estimator and body inspection (filter-throughput)
 #   part 2  deterministic cost: wasm instructions and host calls per request and per callback
 #           (`host-sim cost`, checked against bench/cost-budget.json)
+#   fleet   the fleet simulator (`host-sim fleet`, docs/fleet-sim.md): a simulated GPU fleet
+#           routed by round robin, least-queue, the filter's load scoring and the filter with
+#           prefix affinity, on chat / RAG / no-reuse workloads over a QPS sweep, in simulated
+#           time; prints the table and issue 12's goals, writes CSV, JSON and a TTFT PNG
 #   part 3  load test, one interleaved run: passthrough (A), Envoy's `buffer` filter (F), the Lua
 #           anchor (L: bench/load/anchor.lua), the filter with routing only (B) and with the
 #           shipped configuration (C: + tenants + metrics + endpoint picking), each at every
@@ -27,7 +31,9 @@
 #                             :BASE+201..202, gateway k (A F L B C X) :BASE+10+2k, admin :BASE+11+2k,
 #                             X's llm-router-extproc :BASE+3 (gRPC), +4 (health), +5 (metrics)
 #   BENCH_PIN=1               pin the gateways to one CPU and wrk + upstream to the others (taskset)
-#   BENCH_PARTS="estimator cost load memory"   which parts to run
+#   BENCH_PARTS="estimator cost fleet load memory"   which parts to run
+#   BENCH_FLEET_ARGS=""       extra `host-sim fleet` options (e.g. "--qps 8,16 --seeds 1,2")
+#   BENCH_FLEET_OUT=DIR       where the fleet part writes (target/fleet-sim/<UTC time>)
 #   BENCH_LOCK_WAIT=900       seconds to wait for /tmp/llm-router-e2e.lock (held during the load test)
 #   BENCH_KEEP=1              keep the temp dir (configs, Envoy logs, raw wrk output)
 #   BENCH_ACCESS_LOG=1        keep the shipped access log in the gateway (to a file)
@@ -44,7 +50,7 @@ PROMPTS=${BENCH_PROMPT_BYTES:-"2048 32768 262144"}
 VARIANTS=${BENCH_VARIANTS:-"A F L B C X"}
 BASE=${BENCH_PORT_BASE:-13000}
 PIN=${BENCH_PIN:-1}
-PARTS=${BENCH_PARTS:-"estimator cost load memory"}
+PARTS=${BENCH_PARTS:-"estimator cost fleet load memory"}
 LOCK=/tmp/llm-router-e2e.lock
 LOCK_WAIT=${BENCH_LOCK_WAIT:-900}
 
@@ -82,6 +88,20 @@ if has_part cost; then
   echo "== Part 2: wasm instructions and host calls per request (host-sim cost) ========"
   [ -f dist/llm_router.wasm ] || die "dist/llm_router.wasm is missing: run \`make build\`"
   cargo run -q --release -p host-sim -- cost --check bench/cost-budget.json || status=1
+  echo
+fi
+
+# ============================================================================================
+# Fleet: the simulated GPU fleet (simulated time, no clock involved)
+# ============================================================================================
+if has_part fleet; then
+  echo "== Fleet: routing policies on a simulated GPU fleet (host-sim fleet) ============="
+  [ -f dist/llm_router.wasm ] || die "dist/llm_router.wasm is missing: run \`make build\`"
+  FLEET_OUT=${BENCH_FLEET_OUT:-target/fleet-sim/$(date -u +%Y%m%dT%H%M%SZ)}
+  # shellcheck disable=SC2086 # BENCH_FLEET_ARGS is a list of options
+  cargo run -q --release -p host-sim -- fleet --wasm dist/llm_router.wasm --out "$FLEET_OUT" \
+    ${BENCH_FLEET_ARGS:-} || status=1
+  echo "fleet results (table, CSV, JSON, TTFT plot): $FLEET_OUT/ (ttft.png)"
   echo
 fi
 has_part load || has_part memory || exit $status

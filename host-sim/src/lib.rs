@@ -32,6 +32,7 @@
 mod builder;
 pub mod cost;
 mod exchange;
+pub mod fleet;
 pub mod fuzz;
 mod host;
 mod observe;

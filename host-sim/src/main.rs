@@ -1,5 +1,6 @@
 //! `host-sim` command line: replay JSONL traffic through the filter in the simulated host, or
-//! fuzz it (`host-sim fuzz`, see `host_sim::fuzz`).
+//! fuzz it (`host-sim fuzz`, see `host_sim::fuzz`), measure it (`host-sim cost`), or route a
+//! simulated GPU fleet with it (`host-sim fleet`, see `host_sim::fleet`).
 
 use anyhow::{bail, Context as _, Result};
 use host_sim::replay::{run, ReplayOptions};
@@ -8,7 +9,8 @@ const USAGE: &str =
     "usage: host-sim replay --wasm FILE --config PLUGIN.json --requests TRAFFIC.jsonl \
 [--workers N] [--seed S] [--env KEY=VALUE]... [--no-stop-iteration] [--grpc-cluster NAME=URL]...
        host-sim fuzz --help
-       host-sim cost [--wasm FILE] [--check BUDGET.json] [--write-budget BUDGET.json]";
+       host-sim cost [--wasm FILE] [--check BUDGET.json] [--write-budget BUDGET.json]
+       host-sim fleet --help";
 
 fn main() {
     match real_main() {
@@ -33,6 +35,13 @@ fn real_main() -> Result<()> {
         }
         Some("cost") => {
             let code = host_sim::cost::cli::main(&args[1..])?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            return Ok(());
+        }
+        Some("fleet") => {
+            let code = host_sim::fleet::cli::main(&args[1..])?;
             if code != 0 {
                 std::process::exit(code);
             }
