@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 /// A JSON string, borrowed from the input when it has no escapes, decoded otherwise.
+#[cfg(test)]
 #[derive(Deserialize)]
 pub(super) struct JsonStr<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
@@ -161,14 +162,112 @@ impl<'de, E> Visitor<'de> for ArrayVisitor<'_, 'de, E> {
     }
 }
 
-/// A JSON string value, borrowed when it has no escapes; `None` for any other JSON type.
+/// A JSON string value, borrowed when it has no escapes; `None` for any other JSON type, and
+/// for a string with a lone surrogate escape (`"\ud800"`: valid JSON, not a Rust string).
+///
+/// `raw` was validated by serde_json when it was handed out, so only the escapes are decoded
+/// here (no second parse of the text): `str_for_tests` holds this to serde_json's reading.
 pub(super) fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    if kind(raw) != b'"' {
+        return None;
+    }
+    let text = raw.get().trim_end_matches([' ', '\t', '\n', '\r']);
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    match find_backslash(inner.as_bytes(), 0) {
+        None => Some(Cow::Borrowed(inner)),
+        Some(first) => unescape(inner, first).map(Cow::Owned),
+    }
+}
+
+/// The reading `string` must match: serde_json's own.
+#[cfg(test)]
+pub(super) fn string_by_serde(raw: &RawValue) -> Option<Cow<'_, str>> {
     if kind(raw) != b'"' {
         return None;
     }
     serde_json::from_str::<JsonStr>(raw.get())
         .ok()
         .map(|JsonStr(v)| v)
+}
+
+/// Index of the first backslash in `b` at or after `from`, eight bytes at a time.
+fn find_backslash(b: &[u8], from: usize) -> Option<usize> {
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    const SLASHES: u64 = 0x5C5C_5C5C_5C5C_5C5C;
+    let mut at = from;
+    while let Some(chunk) = b.get(at..).and_then(|r| r.first_chunk::<8>()) {
+        let y = u64::from_le_bytes(*chunk) ^ SLASHES;
+        // Bit 7 of each byte of `y` that is zero (exact: no carries between bytes).
+        let zero = !((y & LOW7).wrapping_add(LOW7) | y | LOW7);
+        if zero != 0 {
+            return Some(at.saturating_add((zero.trailing_zeros() / 8) as usize));
+        }
+        at = at.saturating_add(8);
+    }
+    let rest = b.get(at..)?;
+    rest.iter()
+        .position(|&c| c == b'\\')
+        .map(|i| at.saturating_add(i))
+}
+
+/// `inner` (the text between the quotes of a valid JSON string) with its escapes decoded; the
+/// first backslash is at `first`. `None` for a lone surrogate.
+fn unescape(inner: &str, first: usize) -> Option<String> {
+    let b = inner.as_bytes();
+    let mut out = String::with_capacity(inner.len());
+    let (mut at, mut slash) = (0usize, first);
+    loop {
+        out.push_str(inner.get(at..slash)?);
+        let esc = *b.get(slash.saturating_add(1))?;
+        at = slash.saturating_add(2);
+        let c = match esc {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let hi = hex4(b, at)?;
+                at = at.saturating_add(4);
+                match hi {
+                    0xD800..=0xDBFF => {
+                        if b.get(at..at.saturating_add(2)) != Some(b"\\u".as_slice()) {
+                            return None;
+                        }
+                        let lo = hex4(b, at.saturating_add(2))?;
+                        if !(0xDC00..=0xDFFF).contains(&lo) {
+                            return None;
+                        }
+                        at = at.saturating_add(6);
+                        let c = 0x1_0000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                        char::from_u32(c)?
+                    }
+                    _ => char::from_u32(hi)?,
+                }
+            }
+            _ => return None,
+        };
+        out.push(c);
+        match find_backslash(b, at) {
+            Some(next) => slash = next,
+            None => {
+                out.push_str(inner.get(at..)?);
+                return Some(out);
+            }
+        }
+    }
+}
+
+/// The four hex digits at `at` of `b`.
+fn hex4(b: &[u8], at: usize) -> Option<u32> {
+    let digits = b.get(at..at.saturating_add(4))?;
+    digits.iter().try_fold(0u32, |n, &d| {
+        let v = char::from(d).to_digit(16)?;
+        Some(n << 4 | v)
+    })
 }
 
 /// A non-negative integer field as pydantic's lax mode reads it: `null` is absent; integers,
