@@ -208,109 +208,86 @@ fn eq_bits(x: u64, c: u8) -> u64 {
     !(t | y) & HIGH
 }
 
-/// Masks of one block of eight bytes: letters, uppercase letters, spaces and the marks the
-/// block path takes (`.` and `,`).
-#[derive(Clone, Copy)]
-struct Masks {
-    letters: u64,
-    upper: u64,
-    spaces: u64,
-    marks: u64,
-}
-
-#[inline(always)]
-fn masks(x: u64) -> Masks {
-    let upper = upper_bits(x);
-    Masks {
-        letters: lower_bits(x) | upper,
-        upper,
-        spaces: eq_bits(x, b' '),
-        marks: eq_bits(x, b'.') | eq_bits(x, b','),
-    }
-}
-
-#[inline(always)]
-fn load(s: &[u8], at: usize) -> Option<u64> {
-    s.get(at..)?
-        .first_chunk::<8>()
-        .map(|b| u64::from_le_bytes(*b))
-}
-
 /// Clean prose eight bytes at a time from `start` (an ASCII letter starting a word; the word
 /// before it flushed): words of ASCII letters, lowercase after an optional capital, each
 /// followed by one space, or by `.`/`,` and one space, before the next word. Per block, the
 /// costs come from counts of bit masks: word starts (`word_short`), capitalised starts
 /// (`word_capital`), letters with six letters before them in their word
 /// (`word_extra_per_char`), marks (`punct_first`); the same sums as [`Estimator::words`] word
-/// by word. Stops at the first block that is not clean, or with fewer than nine bytes left,
-/// and hands back at a word start: `(position, cost of the text before it)`.
+/// by word. Stops at the first block that is not clean (each byte is checked with the one
+/// before it), and hands back at the start of the last word it saw begin:
+/// `(position, cost of the text before it)`.
 pub(super) fn blocks(p: &Params, s: &[u8], start: usize) -> (usize, u64) {
-    let Some(first) = load(s, start) else {
-        return (start, 0);
-    };
-    let mut at = start;
-    let mut cur = masks(first);
-    let (mut prev_letters, mut prev_pairs, mut prev_fours) = (0u64, 0u64, 0u64);
+    let rest = s.get(start..).unwrap_or_default();
+    let (mut prev_letters, mut prev_spaces, mut prev_marks) = (0u64, 0u64, 0u64);
+    let (mut prev_pairs, mut prev_fours) = (0u64, 0u64);
     let (mut starts, mut caps, mut extra, mut marks) = (0u64, 0u64, 0u64, 0u64);
-    while let Some(x) = load(s, at.saturating_add(8)) {
-        let next = masks(x);
-        // The same masks one byte later (the byte after each byte of the block).
-        let after_letters = (cur.letters >> 8) | (next.letters << 56);
-        let after_upper = (cur.upper >> 8) | (next.upper << 56);
-        let after_spaces = (cur.spaces >> 8) | (next.spaces << 56);
-        let clean = (cur.letters | cur.spaces | cur.marks) == HIGH
-            && cur.spaces & !after_letters == 0
-            && cur.marks & !after_spaces == 0
-            && cur.letters & after_upper == 0;
+    let mut done = 0usize;
+    for chunk in rest.chunks_exact(8) {
+        let Some(bytes) = chunk.first_chunk::<8>() else {
+            break;
+        };
+        let x = u64::from_le_bytes(*bytes);
+        let upper = upper_bits(x);
+        let letters = lower_bits(x) | upper;
+        let spaces = eq_bits(x, b' ');
+        // `.` (0x2E) and `,` (0x2C) differ in bit 1 only.
+        let dots = eq_bits(x | 0x0202_0202_0202_0202, b'.');
+        // The same masks one byte earlier (the byte before each byte of the block).
+        let before = (letters << 8) | (prev_letters >> 56);
+        let space_before = (spaces << 8) | (prev_spaces >> 56);
+        let mark_before = (dots << 8) | (prev_marks >> 56);
+        let clean = (letters | spaces | dots) == HIGH
+            && upper & before == 0
+            && space_before & !letters == 0
+            && mark_before & !spaces == 0;
         if !clean {
             break;
         }
-        let before = (cur.letters << 8) | (prev_letters >> 56);
-        let word_starts = cur.letters & !before;
+        let word_starts = letters & !before;
         // Letters with 1, 3 and 6 letters right before them.
-        let pairs = cur.letters & before;
+        let pairs = letters & before;
         let fours = pairs & ((pairs << 16) | (prev_pairs >> 48));
         let sevens = fours & ((fours << 24) | (prev_fours >> 40));
         starts = starts.wrapping_add(u64::from(word_starts.count_ones()));
-        caps = caps.wrapping_add(u64::from((word_starts & cur.upper).count_ones()));
+        caps = caps.wrapping_add(u64::from((word_starts & upper).count_ones()));
         extra = extra.wrapping_add(u64::from(sevens.count_ones()));
-        marks = marks.wrapping_add(u64::from(cur.marks.count_ones()));
-        (prev_letters, prev_pairs, prev_fours) = (cur.letters, pairs, fours);
-        cur = next;
-        at = at.saturating_add(8);
+        marks = marks.wrapping_add(u64::from(dots.count_ones()));
+        (prev_letters, prev_spaces, prev_marks) = (letters, spaces, dots);
+        (prev_pairs, prev_fours) = (pairs, fours);
+        done = done.wrapping_add(8);
     }
+    let at = start.saturating_add(done);
     if at == start {
         return (start, 0);
     }
+    // Hand back at the start of the last word that began before `at`: that word, and the
+    // marks and spaces after it, are taken back and redone word by word (what follows them
+    // was not checked).
     let byte = |i: usize| s.get(i).copied().unwrap_or(0);
-    // Hand back at a word start: the word cut by the block boundary (or the word before a
-    // mark whose space and next word were not seen) is taken back and redone word by word.
-    let last = byte(at.saturating_sub(1));
-    let word_end = if last.is_ascii_alphabetic() {
-        Some(at)
-    } else if last == b' ' {
-        None
-    } else {
-        marks = marks.wrapping_sub(1);
-        Some(at.saturating_sub(1))
-    };
-    if let Some(end) = word_end {
-        let mut w = end;
-        while w > start && byte(w.saturating_sub(1)).is_ascii_alphabetic() {
-            w = w.saturating_sub(1);
+    let mut w = at;
+    while w > start && !byte(w.saturating_sub(1)).is_ascii_alphabetic() {
+        if matches!(byte(w.saturating_sub(1)), b'.' | b',') {
+            marks = marks.wrapping_sub(1);
         }
-        let letters = end.saturating_sub(w) as u64;
-        starts = starts.wrapping_sub(1);
-        if byte(w).is_ascii_uppercase() {
-            caps = caps.wrapping_sub(1);
-        }
-        extra = extra.wrapping_sub(letters.saturating_sub(6));
-        at = w;
+        w = w.saturating_sub(1);
+    }
+    let end = w;
+    while w > start && byte(w.saturating_sub(1)).is_ascii_alphabetic() {
+        w = w.saturating_sub(1);
+    }
+    starts = starts.wrapping_sub(1);
+    if byte(w).is_ascii_uppercase() {
+        caps = caps.wrapping_sub(1);
+    }
+    extra = extra.wrapping_sub((end.saturating_sub(w) as u64).saturating_sub(6));
+    if w == start {
+        return (start, 0);
     }
     let cost = starts
         .wrapping_mul(p.word_short)
         .wrapping_add(caps.wrapping_mul(p.word_capital))
         .wrapping_add(extra.wrapping_mul(p.word_extra_per_char))
         .wrapping_add(marks.wrapping_mul(p.punct_first));
-    (at, cost)
+    (w, cost)
 }

@@ -444,7 +444,7 @@ fn prose_blocks_match_the_per_char_path() {
             for i in 0..len {
                 let c = char::from(b'a' + rng.below(26) as u8);
                 let upper = match shape {
-                    0 | 1 | 2 => i == 0,
+                    0..=2 => i == 0,
                     3 => true,
                     4 if !clean => i == len / 2,
                     _ => false,
