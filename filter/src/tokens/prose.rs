@@ -228,8 +228,10 @@ pub(super) fn blocks(p: &Params, s: &[u8], start: usize) -> (usize, u64) {
             break;
         };
         let x = u64::from_le_bytes(*bytes);
-        let upper = upper_bits(x);
-        let letters = lower_bits(x) | upper;
+        // Letters: lowercase once bit 5 is set; uppercase ones had it clear (bit 5 moved to
+        // bit 7 of its byte by the shift).
+        let letters = lower_bits(x | 0x2020_2020_2020_2020);
+        let upper = letters & !(x << 2);
         let spaces = eq_bits(x, b' ');
         // `.` (0x2E) and `,` (0x2C) differ in bit 1 only.
         let dots = eq_bits(x | 0x0202_0202_0202_0202, b'.');
