@@ -31,9 +31,12 @@
 #                             :BASE+201..202, gateway k (A F L B C X) :BASE+10+2k, admin :BASE+11+2k,
 #                             X's llm-router-extproc :BASE+3 (gRPC), +4 (health), +5 (metrics)
 #   BENCH_PIN=1               pin the gateways to one CPU and wrk + upstream to the others (taskset)
-#   BENCH_PARTS="estimator cost fleet load memory"   which parts to run
+#   BENCH_PARTS="estimator cost fleet load memory sse"   which parts to run
 #   BENCH_FLEET_ARGS=""       extra `host-sim fleet` options (e.g. "--qps 8,16 --seeds 1,2")
 #   BENCH_FLEET_OUT=DIR       where the fleet part writes (target/fleet-sim/<UTC time>)
+#   BENCH_SSE_EVENTS=40 BENCH_SSE_GAP_MS=20 BENCH_SSE_REQUESTS=10
+#                             part sse: events per streamed response, gap between them at the
+#                             upstream, responses per variant
 #   BENCH_LOCK_WAIT=900       seconds to wait for /tmp/llm-router-e2e.lock (held during the load test)
 #   BENCH_KEEP=1              keep the temp dir (configs, Envoy logs, raw wrk output)
 #   BENCH_ACCESS_LOG=1        keep the shipped access log in the gateway (to a file)
@@ -50,7 +53,10 @@ PROMPTS=${BENCH_PROMPT_BYTES:-"2048 32768 262144"}
 VARIANTS=${BENCH_VARIANTS:-"A F L B C X"}
 BASE=${BENCH_PORT_BASE:-13000}
 PIN=${BENCH_PIN:-1}
-PARTS=${BENCH_PARTS:-"estimator cost fleet load memory"}
+PARTS=${BENCH_PARTS:-"estimator cost fleet load memory sse"}
+SSE_EVENTS=${BENCH_SSE_EVENTS:-40}
+SSE_GAP_MS=${BENCH_SSE_GAP_MS:-20}
+SSE_REQUESTS=${BENCH_SSE_REQUESTS:-10}
 LOCK=/tmp/llm-router-e2e.lock
 LOCK_WAIT=${BENCH_LOCK_WAIT:-900}
 
@@ -91,21 +97,7 @@ if has_part cost; then
   echo
 fi
 
-# ============================================================================================
-# Fleet: the simulated GPU fleet (simulated time, no clock involved)
-# ============================================================================================
-if has_part fleet; then
-  echo "== Fleet: routing policies on a simulated GPU fleet (host-sim fleet) ============="
-  [ -f dist/llm_router.wasm ] || die "dist/llm_router.wasm is missing: run \`make build\`"
-  FLEET_OUT=${BENCH_FLEET_OUT:-target/fleet-sim/$(date -u +%Y%m%dT%H%M%SZ)}
-  # shellcheck disable=SC2086 # BENCH_FLEET_ARGS is a list of options
-  cargo run -q --release -p host-sim -- fleet --wasm dist/llm_router.wasm --out "$FLEET_OUT" \
-    ${BENCH_FLEET_ARGS:-} || status=1
-  echo "fleet results (table, CSV, JSON, TTFT plot): $FLEET_OUT/ (ttft.png)"
-  echo
-fi
-has_part load || has_part memory || exit $status
-
+# =====================================================================================
 # ============================================================================================
 # Part 3: load test
 # ============================================================================================
@@ -472,5 +464,30 @@ if has_part memory; then
       'BEGIN { printf "  %-30s 1 worker %.1f MiB, 4 workers %.1f MiB: %.1f MiB per added worker\n", v, a / 1024, b / 1024, (b - a) / 3 / 1024 }'
   done
   echo "  (C minus A per added worker is what one more Wasm VM costs; goal <= 8 MiB)"
+fi
+# --- SSE: time between events at the client --------------------------------------------------
+if has_part sse; then
+  echo
+  echo "== SSE: time between streamed events at the client, passthrough (A) vs the filter (C) ====="
+  # The canned upstream cannot stream with gaps: tests/mock_server.py takes its ports.
+  [ -n "${UP_PID:-}" ] && stop_pid "$UP_PID"
+  mock_args=()
+  for i in "${!UP_PORTS[@]}"; do mock_args+=(--instance "server-$i=127.0.0.1:${UP_PORTS[$i]}"); done
+  "${LOAD_PIN[@]}" "$PY" tests/mock_server.py --quiet --tokens "$SSE_EVENTS" "${mock_args[@]}" \
+    >"$TMP/sse-mocks.log" 2>&1 </dev/null &
+  MOCK_PID=$!; PIDS+=("$MOCK_PID")
+  for p in "${UP_PORTS[@]}"; do
+    for _ in $(seq 100); do curl -s --max-time 1 -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
+  done
+  sse_args=()
+  for v in A C; do
+    start_gateway "$v" 1
+    GW[$v]=$GW_PID
+    sse_args+=("$v $(vname "$v")=$(gw_port "$v")")
+  done
+  "$PY" bench/load/sse.py "$SSE_EVENTS" "$SSE_GAP_MS" "$SSE_REQUESTS" "${sse_args[@]}" \
+    || { echo "bench.sh: the SSE measurement failed" >&2; status=1; }
+  for v in A C; do stop_pid "${GW[$v]}"; done
+  stop_pid "$MOCK_PID"
 fi
 exit $status

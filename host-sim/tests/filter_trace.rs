@@ -213,3 +213,49 @@ fn a_refused_body_publishes_the_reply() {
         Some("invalid_request_body")
     );
 }
+
+/// `"trace_properties": false`: no decision property is published (their host calls are
+/// saved), but the token figures Envoy's `ratelimit` filter reads stay (tenants configured).
+#[test]
+fn trace_properties_false_publishes_only_the_token_figures() {
+    let mut cfg = config();
+    cfg["trace_properties"] = json!(false);
+    let mut host = started(&cfg, 1).unwrap();
+    assert_eq!(push(&mut host, 0, &loads(0)), (false, Some(204)));
+    let mut ex = chat(
+        &mut host,
+        0,
+        Some(RAW_ID),
+        &chat_body("any", "hello there", Some(5), false),
+    );
+    let usage = json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18});
+    ex.response(200)
+        .json(&json!({"model": "s", "choices": [], "usage": usage}))
+        .send()
+        .unwrap();
+    let p = published(ex);
+    let keys: Vec<&str> = p.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["llm_router.completion_tokens", "llm_router.prompt_tokens"],
+        "{p:?}"
+    );
+    assert_eq!(get(&p, "llm_router.prompt_tokens"), Some("11"));
+    assert_eq!(get(&p, "llm_router.completion_tokens"), Some("7"));
+
+    // Without tenants nothing at all.
+    let mut cfg = json!({"tiers": {"small": {"model": "s"}}, "trace_properties": false});
+    cfg["tiers"]["large"] = json!({"model": "l"});
+    let mut host = started(&cfg, 1).unwrap();
+    let mut ex = chat(
+        &mut host,
+        0,
+        None,
+        &chat_body("any", "hello there", Some(5), false),
+    );
+    ex.response(200)
+        .json(&json!({"model": "s", "choices": [], "usage": usage}))
+        .send()
+        .unwrap();
+    assert_eq!(published(ex), BTreeMap::new());
+}

@@ -3,19 +3,21 @@
 //! coerced as pydantic's lax mode coerces them. Values stay borrowed raw JSON text until
 //! something needs them, so nothing is copied and nothing recurses on the input's nesting.
 
-use serde::de::{self, Deserializer as _, MapAccess, SeqAccess, Visitor};
+use super::scan::Raw;
+use serde::de::{self, Deserializer as _, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
 
 /// A JSON string, borrowed from the input when it has no escapes, decoded otherwise.
+#[cfg(test)]
 #[derive(Deserialize)]
 pub(super) struct JsonStr<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
 /// First byte of a raw JSON value (`{`, `[`, `"`, `t`, `f`, `n`, `-` or a digit).
-pub(super) fn kind(raw: &RawValue) -> u8 {
-    raw.get().as_bytes().first().copied().unwrap_or(b' ')
+pub(super) fn kind(raw: Raw) -> u8 {
+    raw.kind()
 }
 
 /// The members of the JSON object `json`: for each name in `keys`, the value of its last
@@ -119,51 +121,27 @@ impl<'de> Visitor<'de> for KeyVisitor {
     }
 }
 
-/// Calls `each` on every element of the JSON array `json`, stopping at its first error.
-/// A JSON syntax or type error (not an array) is `Err(None)`.
-pub(super) fn elements<'a, E>(
-    json: &'a str,
-    each: &mut dyn FnMut(&'a RawValue) -> Result<(), E>,
-) -> Result<(), Option<E>> {
-    let mut failed = None;
-    let mut de = serde_json::Deserializer::from_str(json);
-    let visited = (&mut de).deserialize_seq(ArrayVisitor {
-        each,
-        failed: &mut failed,
-    });
-    match (visited, failed) {
-        (_, Some(e)) => Err(Some(e)),
-        (Err(_), None) => Err(None),
-        (Ok(()), None) => de.end().map_err(|_| None),
-    }
-}
-
-struct ArrayVisitor<'f, 'a, E> {
-    each: &'f mut dyn FnMut(&'a RawValue) -> Result<(), E>,
-    failed: &'f mut Option<E>,
-}
-
-impl<'de, E> Visitor<'de> for ArrayVisitor<'_, 'de, E> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON array")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(item) = seq.next_element::<&'de RawValue>()? {
-            if let Err(e) = (self.each)(item) {
-                *self.failed = Some(e);
-                return Err(de::Error::custom("stopped"));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A JSON string value, borrowed when it has no escapes; `None` for any other JSON type.
-pub(super) fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+/// A JSON string value, borrowed when it has no escapes; `None` for any other JSON type, and
+/// for a string with a lone surrogate escape (`"\ud800"`: valid JSON, not a Rust string).
+///
+/// `raw` was validated by serde_json when it was handed out, so only the escapes are decoded
+/// here (no second parse of the text): `str_for_tests` holds this to serde_json's reading.
+pub(super) fn string(raw: Raw<'_>) -> Option<Cow<'_, str>> {
     if kind(raw) != b'"' {
+        return None;
+    }
+    let text = raw.get().trim_end_matches([' ', '\t', '\n', '\r']);
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    match find_backslash(inner.as_bytes(), 0) {
+        None => Some(Cow::Borrowed(inner)),
+        Some(first) => unescape(inner, first).map(Cow::Owned),
+    }
+}
+
+/// The reading `string` must match: serde_json's own.
+#[cfg(test)]
+pub(super) fn string_by_serde(raw: &RawValue) -> Option<Cow<'_, str>> {
+    if raw.get().as_bytes().first() != Some(&b'"') {
         return None;
     }
     serde_json::from_str::<JsonStr>(raw.get())
@@ -171,11 +149,85 @@ pub(super) fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
         .map(|JsonStr(v)| v)
 }
 
+/// Index of the first backslash in `b` at or after `from`.
+fn find_backslash(b: &[u8], from: usize) -> Option<usize> {
+    super::scan::find2(b, from, b'\\', b'\\')
+}
+
+/// `inner` (the text between the quotes of a valid JSON string) with its escapes decoded;
+/// `None` for a lone surrogate.
+pub(super) fn unescape_text(inner: &str) -> Option<String> {
+    match find_backslash(inner.as_bytes(), 0) {
+        None => Some(inner.to_string()),
+        Some(first) => unescape(inner, first),
+    }
+}
+
+/// `inner` (the text between the quotes of a valid JSON string) with its escapes decoded; the
+/// first backslash is at `first`. `None` for a lone surrogate.
+fn unescape(inner: &str, first: usize) -> Option<String> {
+    let b = inner.as_bytes();
+    let mut out = String::with_capacity(inner.len());
+    let (mut at, mut slash) = (0usize, first);
+    loop {
+        out.push_str(inner.get(at..slash)?);
+        let esc = *b.get(slash.saturating_add(1))?;
+        at = slash.saturating_add(2);
+        let c = match esc {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let hi = hex4(b, at)?;
+                at = at.saturating_add(4);
+                match hi {
+                    0xD800..=0xDBFF => {
+                        if b.get(at..at.saturating_add(2)) != Some(b"\\u".as_slice()) {
+                            return None;
+                        }
+                        let lo = hex4(b, at.saturating_add(2))?;
+                        if !(0xDC00..=0xDFFF).contains(&lo) {
+                            return None;
+                        }
+                        at = at.saturating_add(6);
+                        let c = 0x1_0000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                        char::from_u32(c)?
+                    }
+                    _ => char::from_u32(hi)?,
+                }
+            }
+            _ => return None,
+        };
+        out.push(c);
+        match find_backslash(b, at) {
+            Some(next) => slash = next,
+            None => {
+                out.push_str(inner.get(at..)?);
+                return Some(out);
+            }
+        }
+    }
+}
+
+/// The four hex digits at `at` of `b`.
+fn hex4(b: &[u8], at: usize) -> Option<u32> {
+    let digits = b.get(at..at.saturating_add(4))?;
+    digits.iter().try_fold(0u32, |n, &d| {
+        let v = char::from(d).to_digit(16)?;
+        Some(n << 4 | v)
+    })
+}
+
 /// A non-negative integer field as pydantic's lax mode reads it: `null` is absent; integers,
 /// floats without a fractional part (`100.0`, `1e2`), numeric strings (`"100"`, `" 1e2 "`) and
 /// booleans (as 0/1) are accepted. Values past `u64::MAX` saturate. Negative, fractional or
 /// other values are `Err`.
-pub(super) fn lax_uint(raw: &RawValue) -> Result<Option<u64>, ()> {
+pub(super) fn lax_uint(raw: Raw) -> Result<Option<u64>, ()> {
     match kind(raw) {
         b'n' => Ok(None),
         b't' => Ok(Some(1)),
@@ -190,7 +242,7 @@ pub(super) fn lax_uint(raw: &RawValue) -> Result<Option<u64>, ()> {
 
 /// A boolean field as pydantic's lax mode reads it: `null` is absent; `true`/`false`, the
 /// numbers 0 and 1 and the strings `0 1 true false t f yes no y n on off` (any case).
-pub(super) fn lax_bool(raw: &RawValue) -> Result<Option<bool>, ()> {
+pub(super) fn lax_bool(raw: Raw) -> Result<Option<bool>, ()> {
     match kind(raw) {
         b'n' => Ok(None),
         b't' => Ok(Some(true)),

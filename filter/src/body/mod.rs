@@ -1,12 +1,13 @@
 //! OpenAI-style request bodies: what the router needs from them, and the one edit it makes
 //! (the `model` field), done in place so every other byte of the body is kept.
 
-use serde_json::value::RawValue;
+use scan::Raw;
 use std::borrow::Cow;
 use std::ops::Range;
 
 mod json;
 mod prompt;
+mod scan;
 
 /// Why a body could not be inspected. `label()` is a bounded set (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,10 +122,12 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo<'_>, InvalidBody> {
         }
     })
     .map_err(|_| InvalidBody::NotJson)?;
+    // serde_json validated the whole body; the values are walked from here without it.
+    let fields = fields.map(|f| f.map(|raw| Raw(raw.get())));
     let [model, messages, prompt, input, max_tokens, max_completion_tokens, n, best_of, stream, stream_options, tools, functions, extra @ ..] =
         fields;
 
-    let uint = |raw: Option<&RawValue>| -> Result<Option<u64>, InvalidBody> {
+    let uint = |raw: Option<Raw>| -> Result<Option<u64>, InvalidBody> {
         raw.map_or(Ok(None), |r| {
             json::lax_uint(r).map_err(|()| InvalidBody::InvalidField)
         })
@@ -221,11 +224,11 @@ pub fn locate_model(body: &[u8]) -> Option<RequestInfo<'_>> {
 }
 
 /// `stream_options.include_usage` (`stream_options` may be `null` or `{}`).
-fn include_usage(raw: &RawValue) -> Result<bool, InvalidBody> {
+fn include_usage(raw: Raw) -> Result<bool, InvalidBody> {
     match json::kind(raw) {
         b'n' => Ok(false),
         b'{' => {
-            let [usage] = json::members(raw.get(), ["include_usage"], &mut |_, _| {})
+            let [usage] = scan::members(raw, ["include_usage"], &mut |_, _| {})
                 .map_err(|_| InvalidBody::InvalidField)?;
             match usage {
                 Some(u) => Ok(json::lax_bool(u)
@@ -374,6 +377,10 @@ fn json_string(s: &str) -> String {
 }
 
 #[cfg(test)]
+mod legacy;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_diff;
 #[cfg(test)]
 mod tests_hostile;

@@ -3,9 +3,9 @@
 //! that a chat template may render. Shapes the router does not know are counted from their raw
 //! JSON text (an over-estimate, the safe side), never skipped.
 
-use super::json::{self, elements, members, string};
+use super::json::{self, string};
+use super::scan::{elements, members, Raw};
 use super::{InvalidBody, RequestInfo};
-use serde_json::value::RawValue;
 use std::borrow::Cow;
 
 /// Content part types counted as one image-sized media item (not by their bytes: a base64
@@ -24,7 +24,7 @@ const MEDIA_PARTS: [&str; 9] = [
 
 /// Any value as prompt text: strings decoded, objects and arrays as their raw JSON text,
 /// `null`, booleans and numbers as nothing.
-pub(super) fn loose<'a>(segments: &mut Vec<Cow<'a, str>>, raw: &'a RawValue) {
+pub(super) fn loose<'a>(segments: &mut Vec<Cow<'a, str>>, raw: Raw<'a>) {
     match json::kind(raw) {
         b'"' => segments.push(string(raw).unwrap_or(Cow::Borrowed(raw.get()))),
         b'{' | b'[' => segments.push(Cow::Borrowed(raw.get())),
@@ -33,15 +33,11 @@ pub(super) fn loose<'a>(segments: &mut Vec<Cow<'a, str>>, raw: &'a RawValue) {
 }
 
 /// `messages`: an array of message objects.
-pub(super) fn messages<'a>(
-    info: &mut RequestInfo<'a>,
-    raw: &'a RawValue,
-) -> Result<(), InvalidBody> {
-    elements(raw.get(), &mut |m| message(info, m))
-        .map_err(|e| e.unwrap_or(InvalidBody::InvalidField))
+pub(super) fn messages<'a>(info: &mut RequestInfo<'a>, raw: Raw<'a>) -> Result<(), InvalidBody> {
+    elements(raw, &mut |m| message(info, m)).map_err(|e| e.unwrap_or(InvalidBody::InvalidField))
 }
 
-fn message<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue) -> Result<(), InvalidBody> {
+fn message<'a>(info: &mut RequestInfo<'a>, raw: Raw<'a>) -> Result<(), InvalidBody> {
     if json::kind(raw) != b'{' {
         return Err(InvalidBody::InvalidField);
     }
@@ -51,7 +47,7 @@ fn message<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue) -> Result<(), Inva
     let mut role = "";
     // Other members a template may render (`name`, `reasoning_content`, a legacy
     // `function_call`, ...); `role` is part of the per-message framing.
-    let [content, tool_calls] = members(raw.get(), ["content", "tool_calls"], &mut |k, v| {
+    let [content, tool_calls] = members(raw, ["content", "tool_calls"], &mut |k, v| {
         if k == "role" {
             role = v.get();
         } else if !matches!(k, "content" | "tool_calls") {
@@ -74,16 +70,16 @@ fn message<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue) -> Result<(), Inva
 }
 
 /// Chat content: a string, or an array of parts (`{"type":"text","text":...}`, images, ...).
-fn content<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue) {
+fn content<'a>(info: &mut RequestInfo<'a>, raw: Raw<'a>) {
     if json::kind(raw) != b'[' {
         return loose(&mut info.segments, raw);
     }
-    let parsed = elements(raw.get(), &mut |part| {
+    let parsed = elements(raw, &mut |part| {
         if json::kind(part) != b'{' {
             loose(&mut info.segments, part);
             return Ok::<(), ()>(());
         }
-        let Ok([kind, text]) = members(part.get(), ["type", "text"], &mut |_, _| {}) else {
+        let Ok([kind, text]) = members(part, ["type", "text"], &mut |_, _| {}) else {
             return Ok(());
         };
         let kind = kind.and_then(string);
@@ -102,20 +98,20 @@ fn content<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue) {
 }
 
 /// `tool_calls` of an assistant message: `[{"function": {"name", "arguments"}}]`.
-fn tool_calls<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue) {
+fn tool_calls<'a>(info: &mut RequestInfo<'a>, raw: Raw<'a>) {
     if json::kind(raw) != b'[' {
         return loose(&mut info.segments, raw);
     }
     let segments = &mut info.segments;
-    let _ = elements(raw.get(), &mut |call| {
-        let function = match members(call.get(), ["function"], &mut |_, _| {}) {
+    let _ = elements(raw, &mut |call| {
+        let function = match members(call, ["function"], &mut |_, _| {}) {
             Ok([Some(f)]) if json::kind(f) == b'{' => f,
             _ => {
                 loose(segments, call);
                 return Ok::<(), ()>(());
             }
         };
-        match members(function.get(), ["name", "arguments"], &mut |_, _| {}) {
+        match members(function, ["name", "arguments"], &mut |_, _| {}) {
             Ok(fields) => fields
                 .into_iter()
                 .flatten()
@@ -128,11 +124,11 @@ fn tool_calls<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue) {
 
 /// `prompt` (completions) or `input` (embeddings, responses): a string, an array of strings,
 /// of token ids, of arrays of token ids, or (responses) of message-like objects.
-pub(super) fn prompt<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue) -> Result<(), InvalidBody> {
+pub(super) fn prompt<'a>(info: &mut RequestInfo<'a>, raw: Raw<'a>) -> Result<(), InvalidBody> {
     match json::kind(raw) {
         b'"' => loose(&mut info.segments, raw),
         b'[' => {
-            elements(raw.get(), &mut |item| prompt_item(info, item))
+            elements(raw, &mut |item| prompt_item(info, item))
                 .map_err(|e| e.unwrap_or(InvalidBody::InvalidField))?;
         }
         b'n' => {}
@@ -141,13 +137,13 @@ pub(super) fn prompt<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue) -> Resul
     Ok(())
 }
 
-fn prompt_item<'a>(info: &mut RequestInfo<'a>, item: &'a RawValue) -> Result<(), InvalidBody> {
+fn prompt_item<'a>(info: &mut RequestInfo<'a>, item: Raw<'a>) -> Result<(), InvalidBody> {
     match json::kind(item) {
         b'"' | b'{' => loose(&mut info.segments, item),
         b'-' | b'0'..=b'9' => info.token_ids = info.token_ids.saturating_add(1),
         b'[' => {
             let (ids, segments) = (&mut info.token_ids, &mut info.segments);
-            elements(item.get(), &mut |id| {
+            elements(item, &mut |id| {
                 match json::kind(id) {
                     b'-' | b'0'..=b'9' => *ids = ids.saturating_add(1),
                     _ => loose(segments, id),
@@ -163,15 +159,15 @@ fn prompt_item<'a>(info: &mut RequestInfo<'a>, item: &'a RawValue) -> Result<(),
 
 /// `tools` (`[{"type": "function", "function": {...}}]`, `wrapped`) or the legacy `functions`
 /// (`[{...}]`): name, description and the parameters schema as JSON text of each.
-pub(super) fn tools<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue, wrapped: bool) {
+pub(super) fn tools<'a>(info: &mut RequestInfo<'a>, raw: Raw<'a>, wrapped: bool) {
     if json::kind(raw) != b'[' {
         return loose(&mut info.segments, raw);
     }
     let (count, segments) = (&mut info.tools, &mut info.segments);
-    let _ = elements(raw.get(), &mut |tool| {
+    let _ = elements(raw, &mut |tool| {
         *count = count.saturating_add(1);
         let function = if wrapped {
-            match members(tool.get(), ["function"], &mut |_, _| {}) {
+            match members(tool, ["function"], &mut |_, _| {}) {
                 Ok([Some(f)]) => f,
                 _ => {
                     loose(segments, tool);
@@ -182,7 +178,7 @@ pub(super) fn tools<'a>(info: &mut RequestInfo<'a>, raw: &'a RawValue, wrapped: 
             tool
         };
         match members(
-            function.get(),
+            function,
             ["name", "description", "parameters"],
             &mut |_, _| {},
         ) {

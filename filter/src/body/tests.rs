@@ -234,3 +234,67 @@ fn strings_without_escapes_are_borrowed_and_escaped_ones_decoded() {
     assert!(matches!(segments.get(1), Some(std::borrow::Cow::Owned(s)) if s == "a\nb é\"q\""));
     assert!(matches!(info.model, Some(std::borrow::Cow::Borrowed("m"))));
 }
+
+/// `json::string` (escapes decoded by hand on text serde_json validated) reads every JSON
+/// string as serde_json reads it: the same text, borrowed exactly when serde_json borrows,
+/// and `None` for the same lone surrogates. Generated strings of escapes (valid, paired and
+/// lone surrogates), quotes, backslashes, Unicode and plain runs that cross 8-byte chunks.
+#[test]
+fn prop_string_matches_serde_json() {
+    let pieces = [
+        "a",
+        "plain text ",
+        "0123456789abcdef",
+        "\\n",
+        "\\\"",
+        "\\\\",
+        "\\/",
+        "\\b",
+        "\\f",
+        "\\r",
+        "\\t",
+        "\\u0041",
+        "\\u00e9",
+        "\\u4f60",
+        "\\ud83d\\ude00",
+        "\\ud800",
+        "\\udc00",
+        "\\ud800\\u0041",
+        "\\ud800\\n",
+        "\\uDBFF\\uDFFF",
+        "\\u0000",
+        "é",
+        "你",
+        "🎉",
+        "\\\\u0041",
+        "\\\\\\\"",
+    ];
+    let mut rng = crate::testutil::Rng::new(0x5EED_0057_0000_0001);
+    for round in 0..crate::testutil::iters(5000) {
+        let mut s = String::from("\"");
+        for _ in 0..rng.below(24) {
+            let piece: &&str = rng.pick::<&str>(&pieces);
+            s.push_str(piece);
+        }
+        s.push('"');
+        if rng.chance(20) {
+            s.push_str(" \n");
+        }
+        let raw: &serde_json::value::RawValue =
+            serde_json::from_str(&s).unwrap_or_else(|e| panic!("round {round}: {s}: {e}"));
+        let (ours, theirs) = (
+            json::string(scan::Raw(raw.get())),
+            json::string_by_serde(raw),
+        );
+        assert_eq!(ours, theirs, "round {round}: {s}");
+        assert_eq!(
+            matches!(ours, Some(Cow::Borrowed(_))),
+            matches!(theirs, Some(Cow::Borrowed(_))),
+            "round {round}: {s}"
+        );
+    }
+    for other in ["1", "null", "[\"a\"]", "{}", "true"] {
+        let raw: &serde_json::value::RawValue = serde_json::from_str(other).unwrap();
+        assert_eq!(json::string(scan::Raw(raw.get())), None);
+    }
+}

@@ -55,6 +55,9 @@ pub struct Config {
     pub tenants: Option<Tenants>,
     pub endpoints: Option<Endpoints>,
     pub inject_stream_usage: bool,
+    /// Publish the decision as `llm_router.*` properties (`trace`); off saves the host calls
+    /// when nothing reads them.
+    pub trace_properties: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -290,6 +293,7 @@ impl Config {
             tenants,
             endpoints,
             inject_stream_usage: raw.inject_stream_usage.unwrap_or(has_token_limits),
+            trace_properties: raw.trace_properties.unwrap_or(true),
         })
     }
 }

@@ -8,7 +8,7 @@ use crate::metrics::{label_value_problem, Catalog};
 use crate::testutil::Rng;
 use serde_json::{json, Value};
 
-const TOP_LEVEL: [&str; 12] = [
+const TOP_LEVEL: [&str; 13] = [
     "apis",
     "max_body_bytes",
     "on_invalid_body",
@@ -20,6 +20,7 @@ const TOP_LEVEL: [&str; 12] = [
     "tenants",
     "endpoints",
     "inject_stream_usage",
+    "trace_properties",
     "(root)",
 ];
 

@@ -26,6 +26,8 @@ pub struct RawConfig {
     /// Add `stream_options.include_usage: true` to streaming requests that lack it, so the
     /// response's real usage can be counted. Default: on when token limits are configured.
     pub inject_stream_usage: Option<bool>,
+    /// Publish the routing decision as `llm_router.*` properties for tracing (default true).
+    pub trace_properties: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -71,7 +71,15 @@ pub fn send_reply(reply: &LocalReply) {
 
 /// Publishes facts for tracing as stream properties (`trace`). A host that refuses one only
 /// loses that span attribute.
-pub fn publish(facts: &crate::trace::Facts) {
+pub fn publish(cfg: &crate::config::Config, facts: impl FnOnce() -> crate::trace::Facts) {
+    if !cfg.trace_properties {
+        return;
+    }
+    publish_facts(&facts());
+}
+
+/// Publishes key and value pairs as properties of the stream, whatever the configuration.
+pub fn publish_facts(facts: &crate::trace::Facts) {
     for (key, value) in facts {
         if let Err(status) = abi::set_property(&[key], value.as_bytes()) {
             debug!("llm-router: cannot set property {key}: {status:?}");

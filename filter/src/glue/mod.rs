@@ -206,11 +206,20 @@ impl HttpContext for Http {
         let Some(sh) = self.shared.clone() else {
             return Action::Continue;
         };
-        // A client never chooses its own tier, model, endpoint or token count.
-        for name in sh.cfg.headers.owned() {
-            set_request_header(name, None);
+        // A client never chooses its own tier, model, endpoint or token count: the headers the
+        // filter owns are removed (from the host's map only when the client sent them: one
+        // read of the map instead of a removal call per name).
+        let mut headers = request_headers();
+        let owned = sh.cfg.headers.owned();
+        let spoofed = |k: &str| owned.iter().any(|o| k.eq_ignore_ascii_case(o));
+        if headers.iter().any(|(k, _)| spoofed(k)) {
+            for name in owned {
+                if plan::header(&headers, name).is_some() {
+                    set_request_header(name, None);
+                }
+            }
+            headers.retain(|(k, _)| !spoofed(k));
         }
-        let headers = request_headers();
         let method = plan::header(&headers, ":method").unwrap_or_default();
         let raw_path = plan::header(&headers, ":path").unwrap_or_default();
         // Matched as the upstream will read it: decoded, `//`, `.` and `..` resolved.

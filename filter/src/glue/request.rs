@@ -25,7 +25,9 @@ const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024;
 impl Http {
     pub(super) fn reply(&mut self, reply: &LocalReply) -> Action {
         self.local_reply = true;
-        publish(&trace::local_reply(reply));
+        if let Some(sh) = &self.shared {
+            publish(&sh.cfg, || trace::local_reply(reply));
+        }
         send_reply(reply);
         Action::Pause
     }
@@ -46,7 +48,7 @@ impl Http {
         let roll = random_u64();
         let fwd = match plan::plan(&sh.cfg, &self.path, &headers, body, known, roll) {
             Plan::Reject(why, reply) => {
-                publish(&trace::rejected(&self.path));
+                publish(&sh.cfg, || trace::rejected(&self.path));
                 sh.stats
                     .inc(Metric::InvalidBody, &[metrics::invalid_reason(why)]);
                 // Counted in llm_router_requests_total{status="local"} under the default tier
@@ -62,7 +64,7 @@ impl Http {
             sh.stats
                 .inc(Metric::InvalidBody, &[metrics::invalid_reason(why)]);
         }
-        publish(&trace::routed(&sh.cfg, &self.path, &fwd));
+        publish(&sh.cfg, || trace::routed(&sh.cfg, &self.path, &fwd));
         let mut routed = Routed::new(
             sh,
             fwd.tier,
@@ -283,7 +285,7 @@ pub(super) fn apply_gate(sh: &Shared, gate: Gate, cost: &Cost, routed: &mut Rout
                 prompt: cost.prompt_tokens(),
                 reserved: cost.reserved(tenants),
             };
-            publish(&trace::tenant(&tenant.label));
+            publish(&sh.cfg, || trace::tenant(&tenant.label));
             routed.charge = Some((tenant, charge, booked));
             routed.limits_status = Some(status);
             Charged::Go
@@ -305,7 +307,7 @@ pub(super) fn apply_gate(sh: &Shared, gate: Gate, cost: &Cost, routed: &mut Rout
             tenant_label,
             bucket,
         } => {
-            publish(&trace::tenant(&tenant_label));
+            publish(&sh.cfg, || trace::tenant(&tenant_label));
             if let Some(b) = bucket {
                 let t = sh.stats.catalog().tenant(&tenant_label);
                 sh.stats.inc(Metric::RateLimited, &[t, b.label()]);
@@ -366,7 +368,7 @@ fn pick_endpoint(
                     reason = trace::ENDPOINT_PREFIX_AFFINITY;
                 }
             }
-            publish(&trace::endpoint(Some(&address), reason));
+            publish(&sh.cfg, || trace::endpoint(Some(&address), reason));
             fwd.set_headers
                 .push((sh.cfg.headers.endpoint.clone(), address));
             routed.ticket = Some(ticket);
@@ -374,7 +376,7 @@ fn pick_endpoint(
         }
         picker::Outcome::Shed => {
             sh.stats.inc(Metric::Shed, &[routed.model]);
-            publish(&trace::endpoint(None, trace::ENDPOINT_SHED));
+            publish(&sh.cfg, || trace::endpoint(None, trace::ENDPOINT_SHED));
             let reply = LocalReply::error(
                 429,
                 "server_error",
@@ -385,7 +387,9 @@ fn pick_endpoint(
             Some(reply)
         }
         picker::Outcome::NotInSubset => {
-            publish(&trace::endpoint(None, trace::ENDPOINT_NOT_IN_SUBSET));
+            publish(&sh.cfg, || {
+                trace::endpoint(None, trace::ENDPOINT_NOT_IN_SUBSET)
+            });
             Some(LocalReply::error(
                 503,
                 "server_error",
@@ -397,10 +401,9 @@ fn pick_endpoint(
             let why = why as u16;
             sh.stats.inc(Metric::EndpointFallback, &[routed.tier, why]);
             let reason = metrics::FALLBACK_REASON.get(usize::from(why));
-            publish(&trace::endpoint(
-                None,
-                reason.copied().unwrap_or(metrics::OTHER),
-            ));
+            publish(&sh.cfg, || {
+                trace::endpoint(None, reason.copied().unwrap_or(metrics::OTHER))
+            });
             None
         }
     }

@@ -2,7 +2,7 @@
 //! holding it back, then, once the request is over, reconcile the tenant's charge and count it.
 
 use super::host::{
-    now_ms, publish, response_body, response_header, set_response_header, SharedData,
+    now_ms, publish_facts, response_body, response_header, set_response_header, SharedData,
 };
 use super::request::{publish_tokens, COMPLETION_TOKENS_PROPERTY};
 use super::{Http, Routed, Shared};
@@ -69,13 +69,15 @@ impl Http {
             ResponseScan::Json(j) => (j.finish(), j.completion_estimate()),
             ResponseScan::None => (None, reserved),
         };
+        let (tracing, tenants) = self.shared.as_ref().map_or((true, false), |sh| {
+            (sh.cfg.trace_properties, sh.cfg.tenants.is_some())
+        });
         if let Some(u) = usage {
-            publish(&crate::trace::usage(&u));
-        } else if self
-            .shared
-            .as_ref()
-            .is_some_and(|sh| sh.cfg.tenants.is_some())
-        {
+            // Also what Envoy's `ratelimit` filter reads when tenants are configured.
+            if tracing || tenants {
+                publish_facts(&crate::trace::usage(&u));
+            }
+        } else if tenants {
             publish_tokens(COMPLETION_TOKENS_PROPERTY, estimate);
         }
     }

@@ -12,7 +12,17 @@ impl Estimator<'_> {
     pub(super) fn words(&mut self, s: &[u8], mut at: usize) -> usize {
         let p = self.p;
         let mut milli = self.milli;
+        // Where the block path is tried next (it is not retried on every word after it
+        // handed back, so text that is not clean prose does not pay for it word by word).
+        let mut blocks_from = at;
+        let blocks_ok = block_costs_fit(p);
         loop {
+            if blocks_ok && at >= blocks_from {
+                let (next, cost) = blocks(p, s, at);
+                milli = milli.saturating_add(cost);
+                blocks_from = next.saturating_add(BLOCK_RETRY);
+                at = next;
+            }
             let rest = s.get(at..).unwrap_or_default();
             let capital = rest.first().is_some_and(u8::is_ascii_uppercase);
             let (ups, lower, after) = word_shape(rest);
@@ -173,4 +183,113 @@ pub(super) fn lower_run(s: &[u8]) -> usize {
             .take_while(|b| b.is_ascii_lowercase())
             .count(),
     )
+}
+
+/// Bytes of text after which the block path is tried again once it handed back.
+const BLOCK_RETRY: usize = 32;
+
+/// The block path counts the letters past the sixth of a word (`word_short_len` 6), and adds
+/// counts times costs without saturating on the way (it subtracts a
+/// word's cost again when it hands back mid-word), which is exact while the costs are small.
+fn block_costs_fit(p: &Params) -> bool {
+    let limit = u64::from(u32::MAX);
+    p.word_short_len == 6
+        && p.word_short <= limit
+        && p.word_capital <= limit
+        && p.word_extra_per_char <= limit
+        && p.punct_first <= limit
+}
+
+/// Bit 7 of each byte of `x` equal to `c` (exact: no carries between bytes).
+#[inline(always)]
+fn eq_bits(x: u64, c: u8) -> u64 {
+    let y = x ^ u64::from(c).wrapping_mul(0x0101_0101_0101_0101);
+    let t = (y & !HIGH).wrapping_add(!HIGH);
+    !(t | y) & HIGH
+}
+
+/// Clean prose eight bytes at a time from `start` (an ASCII letter starting a word; the word
+/// before it flushed): words of ASCII letters, lowercase after an optional capital, each
+/// followed by one space, or by `.`/`,` and one space, before the next word. Per block, the
+/// costs come from counts of bit masks: word starts (`word_short`), capitalised starts
+/// (`word_capital`), letters with six letters before them in their word
+/// (`word_extra_per_char`), marks (`punct_first`); the same sums as [`Estimator::words`] word
+/// by word. Stops at the first block that is not clean (each byte is checked with the one
+/// before it), and hands back at the start of the last word it saw begin:
+/// `(position, cost of the text before it)`.
+pub(super) fn blocks(p: &Params, s: &[u8], start: usize) -> (usize, u64) {
+    let rest = s.get(start..).unwrap_or_default();
+    let (mut prev_letters, mut prev_spaces, mut prev_marks) = (0u64, 0u64, 0u64);
+    let (mut prev_pairs, mut prev_fours) = (0u64, 0u64);
+    let (mut starts, mut caps, mut extra, mut marks) = (0u64, 0u64, 0u64, 0u64);
+    let mut done = 0usize;
+    for chunk in rest.chunks_exact(8) {
+        let Some(bytes) = chunk.first_chunk::<8>() else {
+            break;
+        };
+        let x = u64::from_le_bytes(*bytes);
+        // Letters: lowercase once bit 5 is set; uppercase ones had it clear (bit 5 moved to
+        // bit 7 of its byte by the shift).
+        let letters = lower_bits(x | 0x2020_2020_2020_2020);
+        let upper = letters & !(x << 2);
+        let spaces = eq_bits(x, b' ');
+        // `.` (0x2E) and `,` (0x2C) differ in bit 1 only.
+        let dots = eq_bits(x | 0x0202_0202_0202_0202, b'.');
+        // The same masks one byte earlier (the byte before each byte of the block).
+        let before = (letters << 8) | (prev_letters >> 56);
+        let space_before = (spaces << 8) | (prev_spaces >> 56);
+        let mark_before = (dots << 8) | (prev_marks >> 56);
+        let clean = (letters | spaces | dots) == HIGH
+            && upper & before == 0
+            && space_before & !letters == 0
+            && mark_before & !spaces == 0;
+        if !clean {
+            break;
+        }
+        let word_starts = letters & !before;
+        // Letters with 1, 3 and 6 letters right before them.
+        let pairs = letters & before;
+        let fours = pairs & ((pairs << 16) | (prev_pairs >> 48));
+        let sevens = fours & ((fours << 24) | (prev_fours >> 40));
+        starts = starts.wrapping_add(u64::from(word_starts.count_ones()));
+        caps = caps.wrapping_add(u64::from((word_starts & upper).count_ones()));
+        extra = extra.wrapping_add(u64::from(sevens.count_ones()));
+        marks = marks.wrapping_add(u64::from(dots.count_ones()));
+        (prev_letters, prev_spaces, prev_marks) = (letters, spaces, dots);
+        (prev_pairs, prev_fours) = (pairs, fours);
+        done = done.wrapping_add(8);
+    }
+    let at = start.saturating_add(done);
+    if at == start {
+        return (start, 0);
+    }
+    // Hand back at the start of the last word that began before `at`: that word, and the
+    // marks and spaces after it, are taken back and redone word by word (what follows them
+    // was not checked).
+    let byte = |i: usize| s.get(i).copied().unwrap_or(0);
+    let mut w = at;
+    while w > start && !byte(w.saturating_sub(1)).is_ascii_alphabetic() {
+        if matches!(byte(w.saturating_sub(1)), b'.' | b',') {
+            marks = marks.wrapping_sub(1);
+        }
+        w = w.saturating_sub(1);
+    }
+    let end = w;
+    while w > start && byte(w.saturating_sub(1)).is_ascii_alphabetic() {
+        w = w.saturating_sub(1);
+    }
+    starts = starts.wrapping_sub(1);
+    if byte(w).is_ascii_uppercase() {
+        caps = caps.wrapping_sub(1);
+    }
+    extra = extra.wrapping_sub((end.saturating_sub(w) as u64).saturating_sub(6));
+    if w == start {
+        return (start, 0);
+    }
+    let cost = starts
+        .wrapping_mul(p.word_short)
+        .wrapping_add(caps.wrapping_mul(p.word_capital))
+        .wrapping_add(extra.wrapping_mul(p.word_extra_per_char))
+        .wrapping_add(marks.wrapping_mul(p.punct_first));
+    (w, cost)
 }

@@ -415,3 +415,60 @@ fn prose_fast_path_matches_the_per_char_path() {
         );
     }
 }
+
+/// The block path (`prose::blocks`: clean prose eight bytes at a time, handing back at a word
+/// start) gives exactly what every character through the general path gives, on long prose
+/// that is mostly clean (so blocks run for long stretches) with a disruption now and then:
+/// block boundaries fall at every offset of words of every length, capitals, marks and the
+/// gaps it hands back.
+#[test]
+fn prose_blocks_match_the_per_char_path() {
+    let mut rng = crate::testutil::Rng::new(0x51DE_CAFE_0000_0011);
+    let gaps = [
+        " ", " ", " ", " ", " ", " ", ", ", ". ", ". ", ",", ".", "  ", ".\n", " 7", "'", "-",
+        " \"", "é ", ";", " (",
+    ];
+    let fine = Params {
+        word_short: 875_000,
+        word_extra_per_char: 300_007,
+        word_capital: 225_001,
+        punct_first: 825_029,
+        ..PARAMS
+    };
+    for round in 0..crate::testutil::iters(2000) {
+        let mut text = String::new();
+        let clean = rng.below(4) > 0;
+        for _ in 0..rng.below(120) {
+            let len = 1 + rng.below(14);
+            let shape = rng.below(12);
+            for i in 0..len {
+                let c = char::from(b'a' + rng.below(26) as u8);
+                let upper = match shape {
+                    0..=2 => i == 0,
+                    3 => true,
+                    4 if !clean => i == len / 2,
+                    _ => false,
+                };
+                text.push(if upper { c.to_ascii_uppercase() } else { c });
+            }
+            let g = if clean {
+                rng.below(6)
+            } else {
+                rng.below(gaps.len())
+            };
+            text.push_str(gaps.get(g).copied().unwrap_or(" "));
+        }
+        for p in [&PARAMS, &fine] {
+            assert_eq!(
+                estimate_with(&text, p),
+                estimate_per_char(&text, p),
+                "round {round}: {text:?}"
+            );
+        }
+    }
+    // The block path does run on clean prose (and hands back at a word start).
+    let prose = "The quick brown fox jumps over the lazy dog, twice. Then it rests. ".repeat(4);
+    let (at, cost) = super::prose::blocks(&PARAMS, prose.as_bytes(), 0);
+    assert!(at > 200 && cost > 0, "{at} {cost}");
+    assert!(prose.as_bytes().get(at.wrapping_sub(1)) == Some(&b' '));
+}

@@ -1,0 +1,219 @@
+//! Walking JSON text that serde_json has already validated (the values of the body's top-level
+//! members): objects member by member and arrays element by element, with no second
+//! validation and no re-parse per nesting level. Strings are skipped eight bytes at a time.
+//!
+//! The text is trusted to be strict JSON (serde_json checked it: no control characters in
+//! strings, valid escapes, bounded depth); on anything else these functions return `Err`/
+//! `None` rather than guess, and never panic. `tests_diff.rs` holds them to what serde_json
+//! reads from the same text.
+
+use std::borrow::Cow;
+
+/// The text of one JSON value, validated by serde_json, without surrounding whitespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Raw<'a>(pub &'a str);
+
+impl<'a> Raw<'a> {
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+
+    /// First byte (`{`, `[`, `"`, `t`, `f`, `n`, `-` or a digit).
+    pub fn kind(self) -> u8 {
+        self.0.as_bytes().first().copied().unwrap_or(b' ')
+    }
+}
+
+const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// Index of the first `"` or `\` in `b` at or after `from`.
+#[inline]
+pub(super) fn find_quote_or_backslash(b: &[u8], from: usize) -> Option<usize> {
+    find2(b, from, b'"', b'\\')
+}
+
+/// Bit 7 set in the first byte of `x` equal to `c`; bytes above it may be flagged falsely
+/// (by the borrow), the lowest flagged byte is exact.
+#[inline(always)]
+fn first_eq(x: u64, c: u8) -> u64 {
+    let y = x ^ (ONES * u64::from(c));
+    y.wrapping_sub(ONES) & !y & !LOW7
+}
+
+/// Index of the first byte equal to `c1` or `c2` in `b` at or after `from`, sixteen bytes
+/// at a time (no bounds checks nor saturating arithmetic inside the loop).
+#[inline]
+pub(super) fn find2(b: &[u8], from: usize, c1: u8, c2: u8) -> Option<usize> {
+    let rest = b.get(from..)?;
+    let mut chunks = rest.chunks_exact(16);
+    let mut done = 0usize;
+    for chunk in &mut chunks {
+        let (Some(lo), Some(hi)) = (chunk.first_chunk::<8>(), chunk.last_chunk::<8>()) else {
+            break;
+        };
+        let (lo, hi) = (u64::from_le_bytes(*lo), u64::from_le_bytes(*hi));
+        let (l, h) = (
+            first_eq(lo, c1) | first_eq(lo, c2),
+            first_eq(hi, c1) | first_eq(hi, c2),
+        );
+        if l | h != 0 {
+            let within = if l != 0 {
+                l.trailing_zeros() / 8
+            } else {
+                8 + h.trailing_zeros() / 8
+            };
+            return Some(from.saturating_add(done).saturating_add(within as usize));
+        }
+        done = done.wrapping_add(16);
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == c1 || c == c2)
+        .map(|i| from.saturating_add(done).saturating_add(i))
+}
+
+/// The string starting at `at` (its opening quote): the index past its closing quote, and
+/// whether it holds an escape.
+fn skip_string(b: &[u8], at: usize) -> Option<(usize, bool)> {
+    let mut i = at.saturating_add(1);
+    let mut escaped = false;
+    loop {
+        i = find_quote_or_backslash(b, i)?;
+        if *b.get(i)? == b'"' {
+            return Some((i.saturating_add(1), escaped));
+        }
+        // `\` and the escaped byte (the four hex digits of `\u` hold no quote nor backslash).
+        escaped = true;
+        i = i.saturating_add(2);
+    }
+}
+
+/// Index of the first byte at or after `at` that is not JSON whitespace.
+#[inline]
+fn ws(b: &[u8], mut at: usize) -> usize {
+    while matches!(b.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        at = at.saturating_add(1);
+    }
+    at
+}
+
+/// The index past the value starting at `at` (no recursion: nesting is counted).
+fn skip_value(b: &[u8], at: usize) -> Option<usize> {
+    match *b.get(at)? {
+        b'"' => skip_string(b, at).map(|(end, _)| end),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            loop {
+                match *b.get(i)? {
+                    b'"' => i = skip_string(b, i)?.0,
+                    b'{' | b'[' => {
+                        depth = depth.saturating_add(1);
+                        i = i.saturating_add(1);
+                    }
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        i = i.saturating_add(1);
+                        if depth == 0 {
+                            return Some(i);
+                        }
+                    }
+                    _ => i = i.saturating_add(1),
+                }
+            }
+        }
+        _ => {
+            let mut i = at;
+            while !matches!(
+                b.get(i),
+                None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            ) {
+                i = i.saturating_add(1);
+            }
+            Some(i)
+        }
+    }
+}
+
+/// The members of the object `raw`: for each name in `keys`, the value of its last member;
+/// `each` also sees every member (duplicates included), in order. Keys are compared after
+/// unescaping; a key with a lone surrogate escape is read as U+FFFD (none of ours).
+/// `Err` when `raw` is not an object.
+pub(super) fn members<'a, const N: usize>(
+    raw: Raw<'a>,
+    keys: [&str; N],
+    each: &mut dyn FnMut(&str, Raw<'a>),
+) -> Result<[Option<Raw<'a>>; N], ()> {
+    let (text, b) = (raw.0, raw.0.as_bytes());
+    let mut slots = [None; N];
+    if b.first() != Some(&b'{') {
+        return Err(());
+    }
+    let mut i = ws(b, 1);
+    if b.get(i) == Some(&b'}') {
+        return Ok(slots);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return Err(());
+        }
+        let (end, escaped) = skip_string(b, i).ok_or(())?;
+        let key_text = text
+            .get(i.saturating_add(1)..end.saturating_sub(1))
+            .ok_or(())?;
+        let key: Cow<str> = if escaped {
+            super::json::unescape_text(key_text).map_or(Cow::Borrowed("\u{fffd}"), Cow::Owned)
+        } else {
+            Cow::Borrowed(key_text)
+        };
+        i = ws(b, end);
+        if b.get(i) != Some(&b':') {
+            return Err(());
+        }
+        i = ws(b, i.saturating_add(1));
+        let value_end = skip_value(b, i).ok_or(())?;
+        let value = Raw(text.get(i..value_end).ok_or(())?);
+        if let Some(slot) = keys
+            .iter()
+            .position(|k| *k == key)
+            .and_then(|k| slots.get_mut(k))
+        {
+            *slot = Some(value);
+        }
+        each(&key, value);
+        i = ws(b, value_end);
+        match b.get(i) {
+            Some(b',') => i = ws(b, i.saturating_add(1)),
+            Some(b'}') => return Ok(slots),
+            _ => return Err(()),
+        }
+    }
+}
+
+/// Calls `each` on every element of the array `raw`, stopping at its first error. Not an
+/// array is `Err(None)`.
+pub(super) fn elements<'a, E>(
+    raw: Raw<'a>,
+    each: &mut dyn FnMut(Raw<'a>) -> Result<(), E>,
+) -> Result<(), Option<E>> {
+    let (text, b) = (raw.0, raw.0.as_bytes());
+    if b.first() != Some(&b'[') {
+        return Err(None);
+    }
+    let mut i = ws(b, 1);
+    if b.get(i) == Some(&b']') {
+        return Ok(());
+    }
+    loop {
+        let end = skip_value(b, i).ok_or(None)?;
+        each(Raw(text.get(i..end).ok_or(None)?)).map_err(Some)?;
+        i = ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = ws(b, i.saturating_add(1)),
+            Some(b']') => return Ok(()),
+            _ => return Err(None),
+        }
+    }
+}
