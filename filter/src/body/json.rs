@@ -132,10 +132,7 @@ pub(super) fn string(raw: Raw<'_>) -> Option<Cow<'_, str>> {
     }
     let text = raw.get().trim_end_matches([' ', '\t', '\n', '\r']);
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
-    match find_backslash(inner.as_bytes(), 0) {
-        None => Some(Cow::Borrowed(inner)),
-        Some(first) => unescape(inner, first).map(Cow::Owned),
-    }
+    super::text::decode(inner)
 }
 
 /// The reading `string` must match: serde_json's own.
@@ -147,80 +144,6 @@ pub(super) fn string_by_serde(raw: &RawValue) -> Option<Cow<'_, str>> {
     serde_json::from_str::<JsonStr>(raw.get())
         .ok()
         .map(|JsonStr(v)| v)
-}
-
-/// Index of the first backslash in `b` at or after `from`.
-fn find_backslash(b: &[u8], from: usize) -> Option<usize> {
-    super::scan::find2(b, from, b'\\', b'\\')
-}
-
-/// `inner` (the text between the quotes of a valid JSON string) with its escapes decoded;
-/// `None` for a lone surrogate.
-pub(super) fn unescape_text(inner: &str) -> Option<String> {
-    match find_backslash(inner.as_bytes(), 0) {
-        None => Some(inner.to_string()),
-        Some(first) => unescape(inner, first),
-    }
-}
-
-/// `inner` (the text between the quotes of a valid JSON string) with its escapes decoded; the
-/// first backslash is at `first`. `None` for a lone surrogate.
-fn unescape(inner: &str, first: usize) -> Option<String> {
-    let b = inner.as_bytes();
-    let mut out = String::with_capacity(inner.len());
-    let (mut at, mut slash) = (0usize, first);
-    loop {
-        out.push_str(inner.get(at..slash)?);
-        let esc = *b.get(slash.saturating_add(1))?;
-        at = slash.saturating_add(2);
-        let c = match esc {
-            b'"' => '"',
-            b'\\' => '\\',
-            b'/' => '/',
-            b'b' => '\u{8}',
-            b'f' => '\u{c}',
-            b'n' => '\n',
-            b'r' => '\r',
-            b't' => '\t',
-            b'u' => {
-                let hi = hex4(b, at)?;
-                at = at.saturating_add(4);
-                match hi {
-                    0xD800..=0xDBFF => {
-                        if b.get(at..at.saturating_add(2)) != Some(b"\\u".as_slice()) {
-                            return None;
-                        }
-                        let lo = hex4(b, at.saturating_add(2))?;
-                        if !(0xDC00..=0xDFFF).contains(&lo) {
-                            return None;
-                        }
-                        at = at.saturating_add(6);
-                        let c = 0x1_0000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
-                        char::from_u32(c)?
-                    }
-                    _ => char::from_u32(hi)?,
-                }
-            }
-            _ => return None,
-        };
-        out.push(c);
-        match find_backslash(b, at) {
-            Some(next) => slash = next,
-            None => {
-                out.push_str(inner.get(at..)?);
-                return Some(out);
-            }
-        }
-    }
-}
-
-/// The four hex digits at `at` of `b`.
-fn hex4(b: &[u8], at: usize) -> Option<u32> {
-    let digits = b.get(at..at.saturating_add(4))?;
-    digits.iter().try_fold(0u32, |n, &d| {
-        let v = char::from(d).to_digit(16)?;
-        Some(n << 4 | v)
-    })
 }
 
 /// A non-negative integer field as pydantic's lax mode reads it: `null` is absent; integers,

@@ -8,6 +8,7 @@ use std::ops::Range;
 mod json;
 mod prompt;
 mod scan;
+mod text;
 
 /// Why a body could not be inspected. `label()` is a bounded set (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,63 +24,13 @@ impl<'a> Raw<'a> {
     }
 }
 
-const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
-const ONES: u64 = 0x0101_0101_0101_0101;
-
-/// Index of the first `"` or `\` in `b` at or after `from`.
-#[inline]
-pub(super) fn find_quote_or_backslash(b: &[u8], from: usize) -> Option<usize> {
-    find2(b, from, b'"', b'\\')
-}
-
-/// Bit 7 set in the first byte of `x` equal to `c`; bytes above it may be flagged falsely
-/// (by the borrow), the lowest flagged byte is exact.
-#[inline(always)]
-fn first_eq(x: u64, c: u8) -> u64 {
-    let y = x ^ (ONES * u64::from(c));
-    y.wrapping_sub(ONES) & !y & !LOW7
-}
-
-/// Index of the first byte equal to `c1` or `c2` in `b` at or after `from`, sixteen bytes
-/// at a time (no bounds checks nor saturating arithmetic inside the loop).
-#[inline]
-pub(super) fn find2(b: &[u8], from: usize, c1: u8, c2: u8) -> Option<usize> {
-    let rest = b.get(from..)?;
-    let mut chunks = rest.chunks_exact(16);
-    let mut done = 0usize;
-    for chunk in &mut chunks {
-        let (Some(lo), Some(hi)) = (chunk.first_chunk::<8>(), chunk.last_chunk::<8>()) else {
-            break;
-        };
-        let (lo, hi) = (u64::from_le_bytes(*lo), u64::from_le_bytes(*hi));
-        let (l, h) = (
-            first_eq(lo, c1) | first_eq(lo, c2),
-            first_eq(hi, c1) | first_eq(hi, c2),
-        );
-        if l | h != 0 {
-            let within = if l != 0 {
-                l.trailing_zeros() / 8
-            } else {
-                8 + h.trailing_zeros() / 8
-            };
-            return Some(from.saturating_add(done).saturating_add(within as usize));
-        }
-        done = done.wrapping_add(16);
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&c| c == c1 || c == c2)
-        .map(|i| from.saturating_add(done).saturating_add(i))
-}
-
 /// The string starting at `at` (its opening quote): the index past its closing quote, and
 /// whether it holds an escape.
 fn skip_string(b: &[u8], at: usize) -> Option<(usize, bool)> {
     let mut i = at.saturating_add(1);
     let mut escaped = false;
     loop {
-        i = find_quote_or_backslash(b, i)?;
+        i = super::text::find_quote_or_backslash(b, i)?;
         if *b.get(i)? == b'"' {
             return Some((i.saturating_add(1), escaped));
         }
@@ -164,7 +114,7 @@ pub(super) fn members<'a, const N: usize>(
             .get(i.saturating_add(1)..end.saturating_sub(1))
             .ok_or(())?;
         let key: Cow<str> = if escaped {
-            super::json::unescape_text(key_text).map_or(Cow::Borrowed("\u{fffd}"), Cow::Owned)
+            super::text::unescape_text(key_text).map_or(Cow::Borrowed("\u{fffd}"), Cow::Owned)
         } else {
             Cow::Borrowed(key_text)
         };

@@ -1,0 +1,137 @@
+//! The byte-level text work under the JSON readers: finding quotes and backslashes eight bytes
+//! at a time, and decoding the escapes of a JSON string that serde_json has validated.
+
+use std::borrow::Cow;
+
+const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// Index of the first `"` or `\` in `b` at or after `from`.
+#[inline]
+pub(super) fn find_quote_or_backslash(b: &[u8], from: usize) -> Option<usize> {
+    find2(b, from, b'"', b'\\')
+}
+
+/// Bit 7 set in the first byte of `x` equal to `c`; bytes above it may be flagged falsely
+/// (by the borrow), the lowest flagged byte is exact.
+#[inline(always)]
+fn first_eq(x: u64, c: u8) -> u64 {
+    let y = x ^ (ONES * u64::from(c));
+    y.wrapping_sub(ONES) & !y & !LOW7
+}
+
+/// Index of the first byte equal to `c1` or `c2` in `b` at or after `from`, sixteen bytes
+/// at a time (no bounds checks nor saturating arithmetic inside the loop).
+#[inline]
+pub(super) fn find2(b: &[u8], from: usize, c1: u8, c2: u8) -> Option<usize> {
+    let rest = b.get(from..)?;
+    let mut chunks = rest.chunks_exact(16);
+    let mut done = 0usize;
+    for chunk in &mut chunks {
+        let (Some(lo), Some(hi)) = (chunk.first_chunk::<8>(), chunk.last_chunk::<8>()) else {
+            break;
+        };
+        let (lo, hi) = (u64::from_le_bytes(*lo), u64::from_le_bytes(*hi));
+        let (l, h) = (
+            first_eq(lo, c1) | first_eq(lo, c2),
+            first_eq(hi, c1) | first_eq(hi, c2),
+        );
+        if l | h != 0 {
+            let within = if l != 0 {
+                l.trailing_zeros() / 8
+            } else {
+                8 + h.trailing_zeros() / 8
+            };
+            return Some(from.saturating_add(done).saturating_add(within as usize));
+        }
+        done = done.wrapping_add(16);
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == c1 || c == c2)
+        .map(|i| from.saturating_add(done).saturating_add(i))
+}
+
+/// `inner` (the text between the quotes of a valid JSON string) decoded: borrowed when it has
+/// no escape. `None` for a lone surrogate.
+pub(super) fn decode(inner: &str) -> Option<Cow<'_, str>> {
+    match find_backslash(inner.as_bytes(), 0) {
+        None => Some(Cow::Borrowed(inner)),
+        Some(first) => unescape(inner, first).map(Cow::Owned),
+    }
+}
+
+/// Index of the first backslash in `b` at or after `from`.
+fn find_backslash(b: &[u8], from: usize) -> Option<usize> {
+    find2(b, from, b'\\', b'\\')
+}
+
+/// `inner` (the text between the quotes of a valid JSON string) with its escapes decoded;
+/// `None` for a lone surrogate.
+pub(super) fn unescape_text(inner: &str) -> Option<String> {
+    match find_backslash(inner.as_bytes(), 0) {
+        None => Some(inner.to_string()),
+        Some(first) => unescape(inner, first),
+    }
+}
+
+/// `inner` (the text between the quotes of a valid JSON string) with its escapes decoded; the
+/// first backslash is at `first`. `None` for a lone surrogate.
+fn unescape(inner: &str, first: usize) -> Option<String> {
+    let b = inner.as_bytes();
+    let mut out = String::with_capacity(inner.len());
+    let (mut at, mut slash) = (0usize, first);
+    loop {
+        out.push_str(inner.get(at..slash)?);
+        let esc = *b.get(slash.saturating_add(1))?;
+        at = slash.saturating_add(2);
+        let c = match esc {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let hi = hex4(b, at)?;
+                at = at.saturating_add(4);
+                match hi {
+                    0xD800..=0xDBFF => {
+                        if b.get(at..at.saturating_add(2)) != Some(b"\\u".as_slice()) {
+                            return None;
+                        }
+                        let lo = hex4(b, at.saturating_add(2))?;
+                        if !(0xDC00..=0xDFFF).contains(&lo) {
+                            return None;
+                        }
+                        at = at.saturating_add(6);
+                        let c = 0x1_0000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                        char::from_u32(c)?
+                    }
+                    _ => char::from_u32(hi)?,
+                }
+            }
+            _ => return None,
+        };
+        out.push(c);
+        match find_backslash(b, at) {
+            Some(next) => slash = next,
+            None => {
+                out.push_str(inner.get(at..)?);
+                return Some(out);
+            }
+        }
+    }
+}
+
+/// The four hex digits at `at` of `b`.
+fn hex4(b: &[u8], at: usize) -> Option<u32> {
+    let digits = b.get(at..at.saturating_add(4))?;
+    digits.iter().try_fold(0u32, |n, &d| {
+        let v = char::from(d).to_digit(16)?;
+        Some(n << 4 | v)
+    })
+}
