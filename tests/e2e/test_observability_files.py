@@ -103,10 +103,11 @@ def test_catalogue_parse_matches_spec():
     assert CATALOGUE["llm_router_invalid_body_total"]["labels"] == {"reason"}
     assert CATALOGUE["llm_router_global_calls_total"]["labels"] == {"method", "result"}
     assert CATALOGUE["llm_router_global_outage"]["labels"] == {"action"}
-    assert len(CATALOGUE) == 15
+    assert CATALOGUE["llm_router_prefix_affinity_changed_total"]["labels"] == {"pool"}
+    assert len(CATALOGUE) == 17
     assert {k for k, v in CATALOGUE.items() if v["kind"] == "histogram"} == {
         "llm_router_prompt_tokens_estimated", "llm_router_request_duration_milliseconds",
-        "llm_router_time_to_first_token_milliseconds"}
+        "llm_router_time_to_first_token_milliseconds", "llm_router_prefix_match_tokens"}
 
 
 def series_labels(ref: str) -> set[str]:
