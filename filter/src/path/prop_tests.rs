@@ -36,7 +36,7 @@ fn gen_path(rng: &mut Rng) -> Vec<u8> {
         out.push(b'/');
     }
     for _ in 0..n {
-        let piece: &[u8] = *rng.pick::<&[u8]>(&pieces);
+        let piece: &[u8] = rng.pick::<&[u8]>(&pieces);
         out.extend_from_slice(piece);
     }
     out
