@@ -20,7 +20,7 @@ setup: ## Install what builds and tests need (wasm toolchain, Envoy, Redis, Pyth
 	@scripts/redis-bin.sh >/dev/null
 	@for v in $(ENVOY_VERSIONS); do ENVOY_VERSION=$$v scripts/envoy-bin.sh >/dev/null || exit 1; done
 
-build: ## Build the filter: dist/llm_router.wasm
+build: ## Build the filter: dist/llm_router.wasm (with wasm simd128; WASM_SIMD=0 for a scalar module)
 	@scripts/build-wasm.sh
 
 $(WASM): $(shell find filter/src -name '*.rs' 2>/dev/null) filter/Cargo.toml Cargo.toml

@@ -7,6 +7,8 @@
 #     (-Zbuild-std=std,panic_abort,test), installed on demand.
 # wasm32-wasip1 has no unwinding: a failing test aborts the binary (a trap), which still
 # exits non-zero. #[should_panic] tests are reported as ignored by libtest on wasm.
+# The tests are built with simd128, as the shipped module (scripts/build-wasm.sh), so the SIMD
+# paths run here; the native tests (cargo test) cover the scalar ones.
 # Extra arguments go to the test binary (e.g. a name filter, --nocapture).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +27,7 @@ export CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $PWD/scripts/wasi-r
 # The linker may leave symbols undefined: they become `env` imports that wasi-run.mjs stubs with
 # trapping functions. Debian's (2022) wasi-libc lacks pthread_join/pthread_detach, which libtest's
 # std references but never calls on wasm (libtest runs tests on the main thread there).
-WASM_LINK_FLAGS="-C link-arg=--allow-undefined"
+WASM_LINK_FLAGS="-C link-arg=--allow-undefined -C target-feature=+simd128"
 
 run_tests() {
   if command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then

@@ -39,8 +39,16 @@ impl Http {
             ResponseScan::Sse(SseScanner::default())
         } else if routed.stream {
             ResponseScan::None
-        } else {
+        } else if self
+            .shared
+            .as_ref()
+            .is_some_and(|sh| sh.cfg.tenants.is_some())
+        {
             ResponseScan::Json(JsonUsageScanner::default())
+        } else {
+            // The completion's estimate is read only to charge a tenant when the answer
+            // carries no usage (`publish_completion`): without tenants, usage only.
+            ResponseScan::Json(JsonUsageScanner::usage_only())
         };
         self.response_ended = end_of_stream;
         if end_of_stream {

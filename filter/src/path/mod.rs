@@ -21,6 +21,14 @@ const MAX_ROUNDS: usize = 4;
 /// and `..` segments resolved (never above the root). Bytes that are not UTF-8 after decoding
 /// become U+FFFD. The result always starts with `/`; a trailing `/` is kept.
 pub fn normalize(raw: &[u8]) -> String {
+    if let Some(path) = plain(path_part(raw)) {
+        return path.to_string();
+    }
+    normalize_slow(raw)
+}
+
+/// [`normalize`] without the plain-path shortcut (the reference the shortcut must match).
+fn normalize_slow(raw: &[u8]) -> String {
     let decoded = percent_decode(path_part(raw));
     resolve(&String::from_utf8_lossy(&decoded), true)
 }
@@ -29,6 +37,14 @@ pub fn normalize(raw: &[u8]) -> String {
 /// prefix (see [`has_prefix`]; the module doc lists the readings). Never
 /// panics, whatever the bytes.
 pub fn matches_prefixes(prefixes: &[String], raw: &[u8]) -> bool {
+    if let Some(path) = plain(path_part(raw)) {
+        return prefixes.iter().any(|p| has_prefix(path, p));
+    }
+    matches_prefixes_slow(prefixes, raw)
+}
+
+/// [`matches_prefixes`] without the plain-path shortcut (the reference it must match).
+fn matches_prefixes_slow(prefixes: &[String], raw: &[u8]) -> bool {
     let matches = |path: &str| prefixes.iter().any(|p| has_prefix(path, p));
     let mut current: Cow<[u8]> = Cow::Borrowed(path_part(raw));
     for _ in 0..MAX_ROUNDS {
@@ -43,6 +59,30 @@ pub fn matches_prefixes(prefixes: &[String], raw: &[u8]) -> bool {
         current = Cow::Owned(next);
     }
     false
+}
+
+/// `path` itself when every reading of it is the path as it is (the usual case, and no
+/// allocation): it starts with `/`, is printable ASCII without `%`, a backslash or `;` (nothing to
+/// decode, convert or cut), has no `//` (nothing to merge) and no `.` or `..` segment (nothing
+/// to resolve).
+fn plain(path: &[u8]) -> Option<&str> {
+    if path.first() != Some(&b'/') {
+        return None;
+    }
+    let clean = path
+        .iter()
+        .all(|&b| b.is_ascii_graphic() && !matches!(b, b'%' | b'\\' | b';'));
+    if !clean {
+        return None;
+    }
+    let mut segments = path.split(|&b| b == b'/').skip(1).peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if (seg.is_empty() && !last) || seg == b"." || seg == b".." {
+            return None;
+        }
+    }
+    std::str::from_utf8(path).ok()
 }
 
 /// The path without query and fragment; an absolute-form target (`http://host/p`) without
@@ -142,5 +182,7 @@ pub fn has_prefix(path: &str, prefix: &str) -> bool {
     }
 }
 
+#[cfg(test)]
+mod prop_tests;
 #[cfg(test)]
 mod tests;

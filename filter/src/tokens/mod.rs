@@ -32,6 +32,7 @@ pub fn estimate_tokens(text: &str) -> u64 {
     estimate_with(text, &PARAMS)
 }
 
+mod masks;
 mod params;
 mod prose;
 use params::{ws_add, ws_kind};
@@ -550,3 +551,5 @@ pub(crate) fn estimate_per_char(text: &str, p: &Params) -> u64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_blocks;

@@ -1,7 +1,8 @@
-//! The estimator's fast path for prose: words of ASCII letters, eight bytes at a time, with
+//! The estimator's fast path for prose: words of ASCII letters, eight bytes at a time (64 in clean stretches), with
 //! the state in locals from one word to the next. Same results as the general path
 //! (`Estimator::push` on every character; the tests compare them).
 
+use super::masks::{masks, Masks, BLOCK};
 use super::{ascii_class, Class, Estimator, Params, Run, WordKind};
 
 impl Estimator<'_> {
@@ -105,7 +106,7 @@ pub(super) fn gap_of(p: &Params, b0: u8, b1: u8, b2: u8) -> Option<(usize, u64)>
     }
 }
 
-const HIGH: u64 = 0x8080_8080_8080_8080;
+pub(super) const HIGH: u64 = 0x8080_8080_8080_8080;
 
 /// Bit 7 of each byte of `x` that is an ASCII lowercase letter (no carries between bytes).
 #[inline(always)]
@@ -200,69 +201,52 @@ fn block_costs_fit(p: &Params) -> bool {
         && p.punct_first <= limit
 }
 
-/// Bit 7 of each byte of `x` equal to `c` (exact: no carries between bytes).
-#[inline(always)]
-fn eq_bits(x: u64, c: u8) -> u64 {
-    let y = x ^ u64::from(c).wrapping_mul(0x0101_0101_0101_0101);
-    let t = (y & !HIGH).wrapping_add(!HIGH);
-    !(t | y) & HIGH
-}
-
-/// Clean prose eight bytes at a time from `start` (an ASCII letter starting a word; the word
+/// Clean prose 64 bytes at a time from `start` (an ASCII letter starting a word; the word
 /// before it flushed): words of ASCII letters, lowercase after an optional capital, each
 /// followed by one space, or by `.`/`,` and one space, before the next word. Per block, the
-/// costs come from counts of bit masks: word starts (`word_short`), capitalised starts
-/// (`word_capital`), letters with six letters before them in their word
+/// costs come from counts of bit masks (bit i for byte i): word starts (`word_short`),
+/// capitalised starts (`word_capital`), letters with six letters before them in their word
 /// (`word_extra_per_char`), marks (`punct_first`); the same sums as [`Estimator::words`] word
-/// by word. Stops at the first block that is not clean (each byte is checked with the one
+/// by word. Stops at the first byte that is not clean (each byte is checked with the one
 /// before it), and hands back at the start of the last word it saw begin:
 /// `(position, cost of the text before it)`.
 pub(super) fn blocks(p: &Params, s: &[u8], start: usize) -> (usize, u64) {
     let rest = s.get(start..).unwrap_or_default();
-    let (mut prev_letters, mut prev_spaces, mut prev_marks) = (0u64, 0u64, 0u64);
-    let (mut prev_pairs, mut prev_fours) = (0u64, 0u64);
-    let (mut starts, mut caps, mut extra, mut marks) = (0u64, 0u64, 0u64, 0u64);
+    let mut c = Counts::default();
     let mut done = 0usize;
-    for chunk in rest.chunks_exact(8) {
-        let Some(bytes) = chunk.first_chunk::<8>() else {
+    let mut chunks = rest.chunks_exact(BLOCK);
+    let mut whole = true;
+    for chunk in &mut chunks {
+        let Some(block) = chunk.first_chunk::<BLOCK>() else {
             break;
         };
-        let x = u64::from_le_bytes(*bytes);
-        // Letters: lowercase once bit 5 is set; uppercase ones had it clear (bit 5 moved to
-        // bit 7 of its byte by the shift).
-        let letters = lower_bits(x | 0x2020_2020_2020_2020);
-        let upper = letters & !(x << 2);
-        let spaces = eq_bits(x, b' ');
-        // `.` (0x2E) and `,` (0x2C) differ in bit 1 only.
-        let dots = eq_bits(x | 0x0202_0202_0202_0202, b'.');
-        // The same masks one byte earlier (the byte before each byte of the block).
-        let before = (letters << 8) | (prev_letters >> 56);
-        let space_before = (spaces << 8) | (prev_spaces >> 56);
-        let mark_before = (dots << 8) | (prev_marks >> 56);
-        let clean = (letters | spaces | dots) == HIGH
-            && upper & before == 0
-            && space_before & !letters == 0
-            && mark_before & !spaces == 0;
-        if !clean {
+        let n = c.block(block);
+        done = done.wrapping_add(n as usize);
+        if n < BLOCK as u32 {
+            whole = false;
             break;
         }
-        let word_starts = letters & !before;
-        // Letters with 1, 3 and 6 letters right before them.
-        let pairs = letters & before;
-        let fours = pairs & ((pairs << 16) | (prev_pairs >> 48));
-        let sevens = fours & ((fours << 24) | (prev_fours >> 40));
-        starts = starts.wrapping_add(u64::from(word_starts.count_ones()));
-        caps = caps.wrapping_add(u64::from((word_starts & upper).count_ones()));
-        extra = extra.wrapping_add(u64::from(sevens.count_ones()));
-        marks = marks.wrapping_add(u64::from(dots.count_ones()));
-        (prev_letters, prev_spaces, prev_marks) = (letters, spaces, dots);
-        (prev_pairs, prev_fours) = (pairs, fours);
-        done = done.wrapping_add(8);
+    }
+    let tail = chunks.remainder();
+    if whole && !tail.is_empty() {
+        // The last bytes, padded with zeros (not clean: the count stops before them).
+        let mut block = [0u8; BLOCK];
+        if let Some(to) = block.get_mut(..tail.len()) {
+            to.copy_from_slice(tail);
+        }
+        done = done.wrapping_add(c.block(&block) as usize);
     }
     let at = start.saturating_add(done);
     if at == start {
         return (start, 0);
     }
+    let Counts {
+        mut starts,
+        mut caps,
+        mut extra,
+        mut marks,
+        ..
+    } = c;
     // Hand back at the start of the last word that began before `at`: that word, and the
     // marks and spaces after it, are taken back and redone word by word (what follows them
     // was not checked).
@@ -292,4 +276,53 @@ pub(super) fn blocks(p: &Params, s: &[u8], start: usize) -> (usize, u64) {
         .wrapping_add(extra.wrapping_mul(p.word_extra_per_char))
         .wrapping_add(marks.wrapping_mul(p.punct_first));
     (w, cost)
+}
+
+/// The counts of [`blocks`] so far, and what it carries from one block to the next.
+#[derive(Default)]
+struct Counts {
+    starts: u64,
+    caps: u64,
+    extra: u64,
+    marks: u64,
+    /// The previous block's masks (zero before the first: `start` begins a word).
+    prev: Masks,
+    /// The previous block's letters with one, and with three, letters right before them.
+    prev_pairs: u64,
+    prev_fours: u64,
+}
+
+impl Counts {
+    /// Counts the clean bytes at the start of `b` (each checked with the byte before it,
+    /// the first with the previous block's last); returns how many there are (`BLOCK` when
+    /// all are).
+    #[inline(always)]
+    fn block(&mut self, b: &[u8; BLOCK]) -> u32 {
+        let m = masks(b);
+        // The masks one byte earlier (bit i: byte i - 1).
+        let before = (m.letters << 1) | (self.prev.letters >> 63);
+        let space_before = (m.spaces << 1) | (self.prev.spaces >> 63);
+        let mark_before = (m.marks << 1) | (self.prev.marks >> 63);
+        // Not a letter, space or mark; a capital after a letter; not a letter after a
+        // space; not a space after a mark.
+        let bad = !(m.letters | m.spaces | m.marks)
+            | (m.upper & before)
+            | (space_before & !m.letters)
+            | (mark_before & !m.spaces);
+        let n = bad.trailing_zeros();
+        // The clean bytes: those below the first bad one.
+        let keep = !u64::MAX.checked_shl(n).unwrap_or(0);
+        let word_starts = m.letters & !before & keep;
+        // Letters with 1, 3 and 6 letters right before them.
+        let pairs = m.letters & before;
+        let fours = pairs & ((pairs << 2) | (self.prev_pairs >> 62));
+        let sevens = fours & ((fours << 3) | (self.prev_fours >> 61)) & keep;
+        let count = |x: u64| u64::from(x.count_ones());
+        self.starts = self.starts.wrapping_add(count(word_starts));
+        self.caps = self.caps.wrapping_add(count(word_starts & m.upper));
+        self.extra = self.extra.wrapping_add(count(sevens));
+        self.marks = self.marks.wrapping_add(count(m.marks & keep));
+        (self.prev, self.prev_pairs, self.prev_fours) = (m, pairs, fours);
+        n
+    }
 }

@@ -43,6 +43,15 @@ pub struct JsonUsageScanner {
 }
 
 impl JsonUsageScanner {
+    /// A scanner that reads only `usage`: completion text is skipped unread (about a quarter
+    /// of the scan of a short answer), and `completion_estimate` stays 0. For a caller that
+    /// has no use for the estimate (no tenants to charge).
+    pub fn usage_only() -> JsonUsageScanner {
+        let mut scan = Box::<Scan>::default();
+        scan.wants_text = false;
+        JsonUsageScanner { scan }
+    }
+
     pub fn feed(&mut self, chunk: &[u8]) {
         self.scan.feed(chunk);
     }

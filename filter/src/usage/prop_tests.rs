@@ -167,6 +167,15 @@ fn json_result(parts: &[&[u8]]) -> (Option<Usage>, u64, usize) {
     (s.finish(), s.completion_estimate(), held)
 }
 
+/// The usage-only scanner on the same chunks: its usage and its (zero) estimate.
+fn usage_only_result(parts: &[&[u8]]) -> (Option<Usage>, u64) {
+    let mut s = JsonUsageScanner::usage_only();
+    for p in parts {
+        s.feed(p);
+    }
+    (s.finish(), s.completion_estimate())
+}
+
 #[test]
 fn json_usage_matches_the_document_for_any_chunking() {
     let mut rng = Rng::new(SEED);
@@ -183,6 +192,11 @@ fn json_usage_matches_the_document_for_any_chunking() {
             "iter {iter}: {text}"
         );
         assert!(split.2 <= 2 * scan::TEXT_CHUNK, "iter {iter}");
+        assert_eq!(
+            usage_only_result(&parts),
+            (whole.0, 0),
+            "iter {iter}: {text}"
+        );
     }
 }
 
@@ -215,6 +229,11 @@ fn json_scanner_survives_random_and_mutated_bytes() {
         assert_eq!(
             (whole.0, whole.1),
             (split.0, split.1),
+            "iter {iter}: {bytes:?}"
+        );
+        assert_eq!(
+            usage_only_result(&parts),
+            (whole.0, 0),
             "iter {iter}: {bytes:?}"
         );
     }

@@ -174,6 +174,9 @@ pub(crate) struct Scan {
     pub(crate) usage: Option<Usage>,
     /// Estimated tokens of the completion text seen so far (all documents).
     pub(crate) estimate: u64,
+    /// Whether completion text is read and estimated at all (off: text strings are skipped
+    /// like any other value, and `estimate` stays 0).
+    pub(crate) wants_text: bool,
 }
 
 impl Default for Scan {
@@ -193,6 +196,7 @@ impl Default for Scan {
             counts: Counts::default(),
             usage: None,
             estimate: 0,
+            wants_text: true,
         }
     }
 }
@@ -210,10 +214,12 @@ impl Scan {
         let usage = self.usage;
         let estimate = self.estimate;
         let text = std::mem::take(&mut self.text);
+        let wants_text = self.wants_text;
         *self = Scan {
             usage,
             estimate,
             text,
+            wants_text,
             ..Scan::default()
         };
     }
@@ -312,7 +318,7 @@ impl Scan {
 
     fn value_sink(&mut self, member: Member) -> Sink {
         match member {
-            Member::Text => Sink::Text,
+            Member::Text if self.wants_text => Sink::Text,
             Member::Count(f) => {
                 self.num.clear();
                 self.num_long = false;
