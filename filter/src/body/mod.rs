@@ -10,6 +10,8 @@ mod prompt;
 mod scan;
 mod text;
 
+pub(crate) use text::find_quote_or_backslash;
+
 /// Why a body could not be inspected. `label()` is a bounded set (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvalidBody {

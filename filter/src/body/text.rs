@@ -8,7 +8,7 @@ const ONES: u64 = 0x0101_0101_0101_0101;
 
 /// Index of the first `"` or `\` in `b` at or after `from`.
 #[inline]
-pub(super) fn find_quote_or_backslash(b: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn find_quote_or_backslash(b: &[u8], from: usize) -> Option<usize> {
     find2(b, from, b'"', b'\\')
 }
 

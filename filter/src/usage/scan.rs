@@ -15,6 +15,7 @@
 
 use super::counts::{lenient_count, Counts, Field};
 use super::Usage;
+use crate::body::find_quote_or_backslash;
 use crate::tokens::estimate_tokens;
 
 /// Text is estimated in chunks of this many bytes (and at the end of every string), so a huge
@@ -370,16 +371,15 @@ impl Scan {
             self.escape = Escape::No;
             i += 1;
         }
-        let rest = input.get(i..).unwrap_or_default();
-        match rest.iter().position(|&b| b == b'"' || b == b'\\') {
+        match find_quote_or_backslash(input, i) {
             None => input.len(),
             Some(p) => {
-                if rest.get(p) == Some(&b'\\') {
+                if input.get(p) == Some(&b'\\') {
                     self.escape = Escape::Backslash;
                 } else {
                     self.mode = Mode::Between;
                 }
-                i + p + 1
+                p + 1
             }
         }
     }
@@ -427,10 +427,7 @@ impl Scan {
                 },
                 Escape::No => {
                     let rest = input.get(i..).unwrap_or_default();
-                    let p = rest
-                        .iter()
-                        .position(|&b| b == b'"' || b == b'\\')
-                        .unwrap_or(rest.len());
+                    let p = find_quote_or_backslash(rest, 0).unwrap_or(rest.len());
                     if p > 0 {
                         self.pending_high();
                         self.push_bytes(rest.get(..p).unwrap_or_default());
