@@ -33,7 +33,18 @@ pub(super) fn masks(b: &[u8; BLOCK]) -> Masks {
     }
 }
 
-use super::prose::{lower_bits, HIGH};
+/// Bit 7 of every byte.
+pub(super) const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Bit 7 of each byte of `x` that is an ASCII lowercase letter (no carries between bytes).
+#[inline(always)]
+pub(super) fn lower_bits(x: u64) -> u64 {
+    let low7 = x & !HIGH;
+    // Bit 7 set for bytes >= b'a', and for bytes > b'z'.
+    let from_a = low7.wrapping_add(0x1F1F_1F1F_1F1F_1F1F);
+    let past_z = low7.wrapping_add(0x0505_0505_0505_0505);
+    from_a & !past_z & !x & HIGH
+}
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 

@@ -2,7 +2,7 @@
 //! the state in locals from one word to the next. Same results as the general path
 //! (`Estimator::push` on every character; the tests compare them).
 
-use super::masks::{masks, Masks, BLOCK};
+use super::masks::{lower_bits, masks, Masks, BLOCK, HIGH};
 use super::{ascii_class, Class, Estimator, Params, Run, WordKind};
 
 impl Estimator<'_> {
@@ -104,18 +104,6 @@ pub(super) fn gap_of(p: &Params, b0: u8, b1: u8, b2: u8) -> Option<(usize, u64)>
         }
         _ => None,
     }
-}
-
-pub(super) const HIGH: u64 = 0x8080_8080_8080_8080;
-
-/// Bit 7 of each byte of `x` that is an ASCII lowercase letter (no carries between bytes).
-#[inline(always)]
-pub(super) fn lower_bits(x: u64) -> u64 {
-    let low7 = x & !HIGH;
-    // Bit 7 set for bytes >= b'a', and for bytes > b'z'.
-    let from_a = low7.wrapping_add(0x1F1F_1F1F_1F1F_1F1F);
-    let past_z = low7.wrapping_add(0x0505_0505_0505_0505);
-    from_a & !past_z & !x & HIGH
 }
 
 /// Bit 7 of each byte of `x` that is an ASCII uppercase letter.
