@@ -439,8 +439,8 @@ def test_push_loopback_check_ignores_x_forwarded_for(gateway, mocks):
     """The push check trusts the TCP peer, not x-forwarded-for (envoy.yaml sets
     use_remote_address: true)."""
     nl = non_loopback_address()
-    if nl is None:
-        pytest.skip("this host has no non-loopback IPv4 address to connect from")
+    # Missing the address is a failure, not a skip: the check would go untested.
+    assert nl is not None, "this host has no non-loopback IPv4 address to connect from"
     valid = json.dumps({"pools": {"small": [{"address": ADDR["small-2"]}]}}).encode()
     hdrs = [("authorization", f"Bearer {TOKEN}"), ("content-type", "application/json")]
     assert raw_request("POST", PUSH_PATH, valid, hdrs, source=nl).status == 403
