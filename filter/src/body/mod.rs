@@ -5,6 +5,7 @@ use scan::Raw;
 use std::borrow::Cow;
 use std::ops::Range;
 
+mod bytes;
 mod json;
 mod prompt;
 mod scan;
@@ -109,7 +110,7 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo<'_>, InvalidBody> {
     let Some(first) = first else {
         return Err(InvalidBody::Empty);
     };
-    let Ok(text) = std::str::from_utf8(body) else {
+    let Some(text) = bytes::utf8(body) else {
         return Err(InvalidBody::NotJson);
     };
     if body.get(first) != Some(&b'{') {
