@@ -9,6 +9,7 @@ mod bytes;
 mod json;
 mod prompt;
 mod scan;
+mod strict;
 mod text;
 
 pub(crate) use text::find_quote_or_backslash;
@@ -120,14 +121,14 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo<'_>, InvalidBody> {
         });
     }
     let mut model_spans = Vec::new();
-    let fields = json::members(text, TOP_LEVEL, &mut |key, value| {
+    // One strict pass validates the whole body (as serde_json would) and hands out the
+    // top-level values; they are walked from here without a second validation.
+    let fields = strict::members(text, TOP_LEVEL, &mut |key, value| {
         if key == "model" {
             model_spans.push(span_of(body, value.get()));
         }
     })
-    .map_err(|_| InvalidBody::NotJson)?;
-    // serde_json validated the whole body; the values are walked from here without it.
-    let fields = fields.map(|f| f.map(|raw| Raw(raw.get())));
+    .map_err(|()| InvalidBody::NotJson)?;
     let [model, messages, prompt, input, max_tokens, max_completion_tokens, n, best_of, stream, stream_options, tools, functions, extra @ ..] =
         fields;
 
@@ -388,3 +389,5 @@ mod tests;
 mod tests_diff;
 #[cfg(test)]
 mod tests_hostile;
+#[cfg(test)]
+mod tests_strict;
