@@ -61,18 +61,19 @@ impl ByteSet for Either {
     }
 }
 
-/// The bytes that stop a JSON string scan: `"`, `\` and the control characters below 0x20.
+/// The bytes that stop a JSON string scan: `"`, `\`, the control characters below 0x20 and
+/// the bytes >= 0x80 (whose UTF-8 is checked run by run).
 #[derive(Clone, Copy)]
 pub(super) struct StringStop;
 
 impl ByteSet for StringStop {
     #[inline(always)]
     fn has(self, c: u8) -> bool {
-        c == b'"' || c == b'\\' || c < 0x20
+        c == b'"' || c == b'\\' || c < 0x20 || c >= 0x80
     }
     #[inline(always)]
     fn swar(self, x: u64) -> u64 {
-        equal(x, b'"') | equal(x, b'\\') | below(x, 0x20)
+        equal(x, b'"') | equal(x, b'\\') | below(x, 0x20) | (x & HIGH)
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     #[inline(always)]

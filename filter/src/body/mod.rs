@@ -111,19 +111,19 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo<'_>, InvalidBody> {
     let Some(first) = first else {
         return Err(InvalidBody::Empty);
     };
-    let Some(text) = bytes::utf8(body) else {
-        return Err(InvalidBody::NotJson);
-    };
     if body.get(first) != Some(&b'{') {
+        let Some(text) = bytes::utf8(body) else {
+            return Err(InvalidBody::NotJson);
+        };
         return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
             Ok(_) => InvalidBody::NotObject,
             Err(_) => InvalidBody::NotJson,
         });
     }
     let mut model_spans = Vec::new();
-    // One strict pass validates the whole body (as serde_json would) and hands out the
-    // top-level values; they are walked from here without a second validation.
-    let fields = strict::members(text, TOP_LEVEL, &mut |key, value| {
+    // One strict pass validates the whole body (JSON as serde_json reads it, and UTF-8) and
+    // hands out the top-level values; they are walked from here without a second validation.
+    let (_, fields) = strict::members(body, TOP_LEVEL, &mut |key, value| {
         if key == "model" {
             model_spans.push(span_of(body, value.get()));
         }

@@ -2,8 +2,9 @@
 //! its top-level members (what `json::members` read with serde_json before: the same bodies
 //! accepted, the same members; `tests_strict.rs` holds the two together on hostile input).
 //!
-//! The rules are serde_json's, as `json::members` used it on text already checked to be
-//! UTF-8: an object with JSON whitespace (space, tab, line feed, carriage return) around it;
+//! The rules are serde_json's, as `json::members` used it on text checked to be UTF-8
+//! (checked here: each run of non-ASCII bytes in a string by `std::str::from_utf8`; there are
+//! none elsewhere in valid JSON): an object with JSON whitespace (space, tab, line feed, carriage return) around it;
 //! strings without raw control characters (below 0x20), with escapes `\" \\ \/ \b \f \n \r \t`
 //! and `\u` with four hex digits (a lone surrogate is accepted, as Python accepts it); numbers
 //! `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`; `true`, `false`, `null`; no trailing
@@ -11,21 +12,60 @@
 //! and without a depth limit). Strings, nearly all of a prompt's bytes, are scanned 64 bytes
 //! per step (`bytes::find`).
 
-use super::bytes::{find, StringStop};
+use super::bytes::{find, NonAscii, StringStop};
 use super::scan::Raw;
 use std::borrow::Cow;
+use std::ops::Range;
 
-/// The members of the JSON object `text` (the whole body, valid UTF-8): for each name in
-/// `keys`, the value of its last member; `each` also sees every member (duplicates included),
-/// in order. Keys are compared after unescaping; a key with a lone surrogate escape is read as
-/// U+FFFD (none of ours). `Err` when `text` is not exactly one valid JSON object.
+/// The members of the JSON object `body` (the whole body): for each name in `keys`, the
+/// value of its last member; `each` also sees every member (duplicates included), in order.
+/// Keys are compared after unescaping; a key with a lone surrogate escape is read as U+FFFD
+/// (none of ours). `Err` when `body` is not exactly one valid JSON object in valid UTF-8.
+/// Returns the body as text too.
 pub(super) fn members<'a, const N: usize>(
-    text: &'a str,
+    body: &'a [u8],
     keys: [&str; N],
     each: &mut dyn FnMut(&str, Raw<'a>),
-) -> Result<[Option<Raw<'a>>; N], ()> {
-    let b = text.as_bytes();
+) -> Result<(&'a str, [Option<Raw<'a>>; N]), ()> {
+    let found = validate(body)?;
+    let text = checked_text(body);
     let mut slots = [None; N];
+    for (key_text, escaped, value) in found {
+        let value = Raw(text.get(value).ok_or(())?);
+        let key_text = text.get(key_text).ok_or(())?;
+        let key: Cow<str> = if escaped {
+            super::text::unescape_text(key_text).map_or(Cow::Borrowed("\u{fffd}"), Cow::Owned)
+        } else {
+            Cow::Borrowed(key_text)
+        };
+        if let Some(slot) = keys
+            .iter()
+            .position(|k| *k == key)
+            .and_then(|k| slots.get_mut(k))
+        {
+            *slot = Some(value);
+        }
+        each(&key, value);
+    }
+    Ok((text, slots))
+}
+
+/// `body` as text, once [`validate`] accepted it.
+fn checked_text(body: &[u8]) -> &str {
+    // SAFETY: `validate` accepted `body`, so every byte >= 0x80 in it lies in a string (the
+    // grammar accepts nothing but ASCII bytes anywhere else), and each maximal run of such
+    // bytes in a string (between ASCII bytes, which never belong to a multi-byte sequence)
+    // was checked with `std::str::from_utf8`: `body` is valid UTF-8.
+    unsafe { std::str::from_utf8_unchecked(body) }
+}
+
+/// One top-level member: its key's text between the quotes, whether the key holds an escape,
+/// the value's text.
+type Found = (Range<usize>, bool, Range<usize>);
+
+/// Checks that `b` is one valid JSON object in valid UTF-8; its top-level members.
+fn validate(b: &[u8]) -> Result<Vec<Found>, ()> {
+    let mut found = Vec::new();
     let mut i = ws(b, 0);
     if byte(b, i) != b'{' {
         return Err(());
@@ -39,21 +79,7 @@ pub(super) fn members<'a, const N: usize>(
         loop {
             let (value_at, key_text, escaped) = key(b, i)?;
             let end = value(b, value_at, &mut stack)?;
-            let value = Raw(text.get(value_at..end).ok_or(())?);
-            let key_text = text.get(key_text).ok_or(())?;
-            let key: Cow<str> = if escaped {
-                super::text::unescape_text(key_text).map_or(Cow::Borrowed("\u{fffd}"), Cow::Owned)
-            } else {
-                Cow::Borrowed(key_text)
-            };
-            if let Some(slot) = keys
-                .iter()
-                .position(|k| *k == key)
-                .and_then(|k| slots.get_mut(k))
-            {
-                *slot = Some(value);
-            }
-            each(&key, value);
+            found.push((key_text, escaped, value_at..end));
             i = ws(b, end);
             match byte(b, i) {
                 b',' => i = ws(b, i.saturating_add(1)),
@@ -68,7 +94,7 @@ pub(super) fn members<'a, const N: usize>(
     if ws(b, i) != b.len() {
         return Err(());
     }
-    Ok(slots)
+    Ok(found)
 }
 
 /// The byte at `i`, 0 past the end (0 is never valid where it is looked at).
@@ -88,7 +114,7 @@ fn ws(b: &[u8], mut at: usize) -> usize {
 
 /// An object member's key at `at` (its opening quote), its colon and the whitespace after:
 /// (where the value starts, the key's text between its quotes, whether it holds an escape).
-fn key(b: &[u8], at: usize) -> Result<(usize, std::ops::Range<usize>, bool), ()> {
+fn key(b: &[u8], at: usize) -> Result<(usize, Range<usize>, bool), ()> {
     if byte(b, at) != b'"' {
         return Err(());
     }
@@ -102,7 +128,8 @@ fn key(b: &[u8], at: usize) -> Result<(usize, std::ops::Range<usize>, bool), ()>
 }
 
 /// The string whose opening quote is at `at`: the index past its closing quote, and whether
-/// it holds an escape.
+/// it holds an escape. Its bytes >= 0x80 must be valid UTF-8 (each run of them between ASCII
+/// bytes is checked by `std::str::from_utf8`).
 #[inline]
 fn string(b: &[u8], at: usize) -> Result<(usize, bool), ()> {
     let mut i = at.saturating_add(1);
@@ -114,6 +141,11 @@ fn string(b: &[u8], at: usize) -> Result<(usize, bool), ()> {
             b'\\' => {
                 escaped = true;
                 i = escape(b, i.saturating_add(1))?;
+            }
+            0x80.. => {
+                let end = find(b, i, NonAscii(false)).unwrap_or(b.len());
+                std::str::from_utf8(b.get(i..end).ok_or(())?).map_err(|_| ())?;
+                i = end;
             }
             _ => return Err(()), // a control character
         }

@@ -12,12 +12,13 @@ const KEYS: [&str; 4] = ["model", "messages", "a", "\u{fffd}"];
 
 type Members = Vec<(String, String)>;
 
-fn by_strict(text: &str) -> Option<(Members, Vec<Option<String>>)> {
+fn by_strict(body: &[u8]) -> Option<(Members, Vec<Option<String>>)> {
     let mut seen = Vec::new();
-    let slots = strict::members(text, KEYS, &mut |k, v| {
+    let (text, slots) = strict::members(body, KEYS, &mut |k, v| {
         seen.push((k.to_string(), v.get().to_string()))
     })
     .ok()?;
+    assert_eq!(text.as_bytes(), body);
     Some((seen, slots.map(|s| s.map(|v| v.get().to_string())).to_vec()))
 }
 
@@ -31,12 +32,14 @@ fn by_serde(text: &str) -> Option<(Members, Vec<Option<String>>)> {
 }
 
 fn same(text: &str) {
-    assert_eq!(by_strict(text), by_serde(text), "{text:?}");
+    assert_eq!(by_strict(text.as_bytes()), by_serde(text), "{text:?}");
 }
 
+/// Not UTF-8 is refused (serde_json never sees it: `str` is UTF-8).
 fn same_bytes(b: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(b) {
-        same(text);
+    match std::str::from_utf8(b) {
+        Ok(text) => same(text),
+        Err(_) => assert_eq!(by_strict(b), None, "{b:?}"),
     }
 }
 
@@ -174,6 +177,51 @@ fn edge_cases_match_serde() {
         "1",
     ] {
         same(text);
+    }
+}
+
+/// Broken UTF-8 anywhere (in strings, keys, between tokens, across the 64-byte steps of
+/// the scan) is refused; good UTF-8 is read.
+#[test]
+fn utf8_is_checked() {
+    let bad: [&[u8]; 8] = [
+        b"\xc3",
+        b"\xa9",
+        b"\xe4\xbd",
+        b"\xf0\x9f\x8e",
+        b"\xed\xa0\x80",
+        b"\xc0\x80",
+        b"\xf4\x90\x80\x80",
+        b"\xff",
+    ];
+    let good = [
+        "é",
+        "你好",
+        "🎉",
+        "\u{10ffff}",
+        "\u{7ff}\u{800}\u{ffff}\u{10000}",
+    ];
+    for pad in [0usize, 1, 15, 16, 62, 63, 64, 65, 130] {
+        let x = "x".repeat(pad);
+        for g in good {
+            same(&format!("{{\"a\":\"{x}{g}\"}}"));
+            same(&format!("{{\"a\":\"{x}{g}{x}{g}\",\"{g}\":[\"{g}\"]}}"));
+        }
+        for bad in bad {
+            for (head, tail) in [
+                (format!("{{\"a\":\"{x}"), "\"}"),
+                (format!("{{\"a\":\"{x}é"), "é\"}"),
+                (format!("{{\"{x}"), "\":1}"),
+                (format!("{{\"a\":[1,{x:?}"), "]}"),
+                (format!("{{\"a\":1{x:?}"), "}"),
+                (format!("{{\"a\":\"{x}\"}}"), ""),
+            ] {
+                let mut b = head.into_bytes();
+                b.extend_from_slice(bad);
+                b.extend_from_slice(tail.as_bytes());
+                same_bytes(&b);
+            }
+        }
     }
 }
 
