@@ -69,7 +69,7 @@ pub(super) struct StringStop;
 impl ByteSet for StringStop {
     #[inline(always)]
     fn has(self, c: u8) -> bool {
-        c == b'"' || c == b'\\' || c < 0x20 || c >= 0x80
+        c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c)
     }
     #[inline(always)]
     fn swar(self, x: u64) -> u64 {
