@@ -246,7 +246,7 @@ fn include_usage(raw: Raw) -> Result<bool, InvalidBody> {
     }
 }
 
-/// Byte range of `inner` (a sub-slice handed out by serde_json) within `outer`.
+/// Byte range of `inner` (a sub-slice of `outer` handed out by the reader) within `outer`.
 fn span_of(outer: &[u8], inner: &str) -> Range<usize> {
     let start = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
     start..start + inner.len()

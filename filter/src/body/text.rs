@@ -1,5 +1,5 @@
 //! The byte-level text work under the JSON readers: finding quotes and backslashes
-//! (`bytes::find`), and decoding the escapes of a JSON string that serde_json has validated.
+//! (`bytes::find`), and decoding the escapes of a JSON string that has been validated (`strict.rs`).
 
 use std::borrow::Cow;
 
