@@ -78,13 +78,14 @@ impl ByteSet for StringStop {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     #[inline(always)]
     fn simd(self, v: v128) -> v128 {
-        use core::arch::wasm32::{i8x16_eq, u8x16_lt, u8x16_splat, v128_or};
+        use core::arch::wasm32::{i8x16_eq, i8x16_lt, i8x16_splat, u8x16_splat, v128_or};
+        // Signed: below 0x20, or at least 0x80 (negative), in one compare.
         v128_or(
             v128_or(
                 i8x16_eq(v, u8x16_splat(b'"')),
                 i8x16_eq(v, u8x16_splat(b'\\')),
             ),
-            u8x16_lt(v, u8x16_splat(0x20)),
+            i8x16_lt(v, i8x16_splat(0x20)),
         )
     }
 }
