@@ -124,7 +124,7 @@ impl<'de> Visitor<'de> for KeyVisitor {
 /// A JSON string value, borrowed when it has no escapes; `None` for any other JSON type, and
 /// for a string with a lone surrogate escape (`"\ud800"`: valid JSON, not a Rust string).
 ///
-/// `raw` was validated by serde_json when it was handed out, so only the escapes are decoded
+/// `raw` was validated (`strict.rs`) when it was handed out, so only the escapes are decoded
 /// here (no second parse of the text): `str_for_tests` holds this to serde_json's reading.
 pub(super) fn string(raw: Raw<'_>) -> Option<Cow<'_, str>> {
     if kind(raw) != b'"' {

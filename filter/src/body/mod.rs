@@ -5,9 +5,11 @@ use scan::Raw;
 use std::borrow::Cow;
 use std::ops::Range;
 
+mod bytes;
 mod json;
 mod prompt;
 mod scan;
+mod strict;
 mod text;
 
 pub(crate) use text::find_quote_or_backslash;
@@ -109,24 +111,24 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo<'_>, InvalidBody> {
     let Some(first) = first else {
         return Err(InvalidBody::Empty);
     };
-    let Ok(text) = std::str::from_utf8(body) else {
-        return Err(InvalidBody::NotJson);
-    };
     if body.get(first) != Some(&b'{') {
+        let Some(text) = bytes::utf8(body) else {
+            return Err(InvalidBody::NotJson);
+        };
         return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
             Ok(_) => InvalidBody::NotObject,
             Err(_) => InvalidBody::NotJson,
         });
     }
     let mut model_spans = Vec::new();
-    let fields = json::members(text, TOP_LEVEL, &mut |key, value| {
+    // One strict pass validates the whole body (JSON as serde_json reads it, and UTF-8) and
+    // hands out the top-level values; they are walked from here without a second validation.
+    let (_, fields) = strict::members(body, TOP_LEVEL, &mut |key, value| {
         if key == "model" {
             model_spans.push(span_of(body, value.get()));
         }
     })
-    .map_err(|_| InvalidBody::NotJson)?;
-    // serde_json validated the whole body; the values are walked from here without it.
-    let fields = fields.map(|f| f.map(|raw| Raw(raw.get())));
+    .map_err(|()| InvalidBody::NotJson)?;
     let [model, messages, prompt, input, max_tokens, max_completion_tokens, n, best_of, stream, stream_options, tools, functions, extra @ ..] =
         fields;
 
@@ -244,7 +246,7 @@ fn include_usage(raw: Raw) -> Result<bool, InvalidBody> {
     }
 }
 
-/// Byte range of `inner` (a sub-slice handed out by serde_json) within `outer`.
+/// Byte range of `inner` (a sub-slice of `outer` handed out by the reader) within `outer`.
 fn span_of(outer: &[u8], inner: &str) -> Range<usize> {
     let start = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
     start..start + inner.len()
@@ -387,3 +389,5 @@ mod tests;
 mod tests_diff;
 #[cfg(test)]
 mod tests_hostile;
+#[cfg(test)]
+mod tests_strict;

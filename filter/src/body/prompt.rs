@@ -4,7 +4,7 @@
 //! JSON text (an over-estimate, the safe side), never skipped.
 
 use super::json::{self, string};
-use super::scan::{elements, members, Raw};
+use super::scan::{each_element, elements, members, Element, Raw};
 use super::{InvalidBody, RequestInfo};
 use std::borrow::Cow;
 
@@ -34,11 +34,12 @@ pub(super) fn loose<'a>(segments: &mut Vec<Cow<'a, str>>, raw: Raw<'a>) {
 
 /// `messages`: an array of message objects.
 pub(super) fn messages<'a>(info: &mut RequestInfo<'a>, raw: Raw<'a>) -> Result<(), InvalidBody> {
-    elements(raw, &mut |m| message(info, m)).map_err(|e| e.unwrap_or(InvalidBody::InvalidField))
+    each_element(raw, &mut |m| message(info, m)).map_err(|e| e.unwrap_or(InvalidBody::InvalidField))
 }
 
-fn message<'a>(info: &mut RequestInfo<'a>, raw: Raw<'a>) -> Result<(), InvalidBody> {
-    if json::kind(raw) != b'{' {
+/// One message, read member by member (not skipped over first).
+fn message<'a>(info: &mut RequestInfo<'a>, raw: &mut Element<'a>) -> Result<(), InvalidBody> {
+    if raw.kind() != b'{' {
         return Err(InvalidBody::InvalidField);
     }
     info.messages = info.messages.saturating_add(1);
@@ -47,14 +48,15 @@ fn message<'a>(info: &mut RequestInfo<'a>, raw: Raw<'a>) -> Result<(), InvalidBo
     let mut role = "";
     // Other members a template may render (`name`, `reasoning_content`, a legacy
     // `function_call`, ...); `role` is part of the per-message framing.
-    let [content, tool_calls] = members(raw, ["content", "tool_calls"], &mut |k, v| {
-        if k == "role" {
-            role = v.get();
-        } else if !matches!(k, "content" | "tool_calls") {
-            loose(segments, v);
-        }
-    })
-    .map_err(|_| InvalidBody::InvalidField)?;
+    let [content, tool_calls] = raw
+        .members(["content", "tool_calls"], &mut |k, v| {
+            if k == "role" {
+                role = v.get();
+            } else if !matches!(k, "content" | "tool_calls") {
+                loose(segments, v);
+            }
+        })
+        .map_err(|_| InvalidBody::InvalidField)?;
     // The prefix hash's hook: this message's role, its text is `segments[first..]`. Past
     // `MAX_TURNS` the last turn holds the rest (memory stays bounded for a hostile body).
     if info.turns.len() < super::MAX_TURNS {
@@ -74,12 +76,12 @@ fn content<'a>(info: &mut RequestInfo<'a>, raw: Raw<'a>) {
     if json::kind(raw) != b'[' {
         return loose(&mut info.segments, raw);
     }
-    let parsed = elements(raw, &mut |part| {
-        if json::kind(part) != b'{' {
-            loose(&mut info.segments, part);
+    let parsed = each_element(raw, &mut |part| {
+        if part.kind() != b'{' {
+            loose(&mut info.segments, part.raw());
             return Ok::<(), ()>(());
         }
-        let Ok([kind, text]) = members(part, ["type", "text"], &mut |_, _| {}) else {
+        let Ok([kind, text]) = part.members(["type", "text"], &mut |_, _| {}) else {
             return Ok(());
         };
         let kind = kind.and_then(string);
@@ -88,7 +90,7 @@ fn content<'a>(info: &mut RequestInfo<'a>, raw: Raw<'a>) {
         } else if kind.as_deref().is_some_and(|k| MEDIA_PARTS.contains(&k)) {
             info.images = info.images.saturating_add(1);
         } else {
-            loose(&mut info.segments, part);
+            loose(&mut info.segments, part.raw());
         }
         Ok(())
     });

@@ -159,7 +159,7 @@ fn message(r: &mut Rng) -> String {
     object(r, &fields)
 }
 
-fn body(r: &mut Rng) -> String {
+pub(super) fn body(r: &mut Rng) -> String {
     let mut fields: Vec<(&str, String)> = Vec::new();
     if r.chance(90) {
         fields.push(("model", scalar(r)));
@@ -235,7 +235,7 @@ fn body(r: &mut Rng) -> String {
     out
 }
 
-fn mutate(r: &mut Rng, b: &mut Vec<u8>) {
+pub(super) fn mutate(r: &mut Rng, b: &mut Vec<u8>) {
     const BYTES: &[u8] = b"{}[]\",:\\ \n0a-.eu\x01\xff\xc3";
     for _ in 0..1 + r.below(3) {
         if b.is_empty() {
