@@ -196,7 +196,7 @@ impl Affine {
             pool,
             endpoints: &tags,
         };
-        let look = prefix::lookup(&SharedData, &view, &chain.hashes, &chain.marks);
+        let look = prefix::lookup(&SharedData, &view, &chain.points);
         let matched = prefix::matched_fractions(
             &look.hits,
             endpoints.len(),
@@ -228,15 +228,7 @@ impl Affine {
         };
         let now_s = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
         if let Some(&tag) = self.tags.get(picked) {
-            prefix::record(
-                &SharedData,
-                &view,
-                &chain.hashes,
-                &chain.marks,
-                self.look,
-                tag,
-                now_s,
-            );
+            prefix::record(&SharedData, &view, &chain.points, self.look, tag, now_s);
         }
         AffinityOutcome {
             matched_blocks,

@@ -43,24 +43,41 @@ pub struct Shard {
     pub entries: Vec<ShardEntry>,
 }
 
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
+impl ShardEntry {
+    fn read(b: &[u8; ENTRY_BYTES]) -> ShardEntry {
+        let (hash, rest) = b.split_first_chunk::<8>().unwrap_or((&[0; 8], &[]));
+        let (endpoint, rest) = rest.split_first_chunk::<8>().unwrap_or((&[0; 8], &[]));
+        let (pool, rest) = rest.split_first_chunk::<4>().unwrap_or((&[0; 4], &[]));
+        let stamp = rest.first_chunk::<4>().unwrap_or(&[0; 4]);
+        ShardEntry {
+            hash: u64::from_le_bytes(*hash),
+            endpoint: u64::from_le_bytes(*endpoint),
+            pool: u32::from_le_bytes(*pool),
+            stamp: u32::from_le_bytes(*stamp),
+        }
+    }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    fn bytes(&self) -> [u8; ENTRY_BYTES] {
+        let mut out = [0u8; ENTRY_BYTES];
+        let (hash, rest) = out.split_at_mut(8);
+        let (endpoint, rest) = rest.split_at_mut(8);
+        let (pool, stamp) = rest.split_at_mut(4);
+        hash.copy_from_slice(&self.hash.to_le_bytes());
+        endpoint.copy_from_slice(&self.endpoint.to_le_bytes());
+        pool.copy_from_slice(&self.pool.to_le_bytes());
+        stamp.copy_from_slice(&self.stamp.to_le_bytes());
+        out
+    }
 }
 
 impl Shard {
     /// Version byte, then 24 bytes per entry: hash, endpoint (u64 LE), pool, stamp (u32 LE).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + self.entries.len() * ENTRY_BYTES);
+        let entries = self.entries.get(..SHARD_SLOTS).unwrap_or(&self.entries);
+        let mut out = Vec::with_capacity(1 + entries.len() * ENTRY_BYTES);
         out.push(VERSION);
-        for e in self.entries.iter().take(SHARD_SLOTS) {
-            out.extend_from_slice(&e.hash.to_le_bytes());
-            out.extend_from_slice(&e.endpoint.to_le_bytes());
-            out.extend_from_slice(&e.pool.to_le_bytes());
-            out.extend_from_slice(&e.stamp.to_le_bytes());
+        for e in entries {
+            out.extend_from_slice(&e.bytes());
         }
         out
     }
@@ -75,15 +92,11 @@ impl Shard {
         if rest.len() / ENTRY_BYTES > SHARD_SLOTS {
             return None;
         }
-        let mut entries = Vec::with_capacity(rest.len() / ENTRY_BYTES);
-        for e in rest.chunks_exact(ENTRY_BYTES) {
-            entries.push(ShardEntry {
-                hash: u64_at(e, 0)?,
-                endpoint: u64_at(e, 8)?,
-                pool: u32_at(e, 16)?,
-                stamp: u32_at(e, 20)?,
-            });
-        }
+        let entries = rest
+            .chunks_exact(ENTRY_BYTES)
+            .filter_map(|e| e.first_chunk::<ENTRY_BYTES>())
+            .map(ShardEntry::read)
+            .collect();
         Some(Shard { entries })
     }
 
@@ -132,8 +145,29 @@ fn shard_of(hash: u64, shards: usize) -> usize {
     usize::try_from(hash % shards.max(1) as u64).unwrap_or(0)
 }
 
+const KEY_PREFIX: &str = "llm_router/prefix/";
+
+/// The shared-data key of a shard (`llm_router/prefix/<n>`).
 pub fn key(shard: usize) -> String {
-    format!("llm_router/prefix/{shard}")
+    let mut out = String::with_capacity(KEY_PREFIX.len() + 20);
+    out.push_str(KEY_PREFIX);
+    let mut digits = [0u8; 20];
+    let mut n = shard;
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        if let Some(d) = digits.get_mut(start) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || start == 0 {
+            break;
+        }
+    }
+    for &d in digits.get(start..).unwrap_or_default() {
+        out.push(char::from(d));
+    }
+    out
 }
 
 /// Indexed block counts of a chain of `n` blocks: 1, 2, 4, ... up to `n`.
@@ -197,16 +231,24 @@ fn read(store: &dyn Store, shard: usize) -> Result<(Shard, u32), StoreError> {
     })
 }
 
-/// Finds the longest indexed prefix of `chain` by binary search over its [`positions`]
-/// (`marks`: block counts where the request's messages end).
-pub fn lookup(store: &dyn Store, view: &View, chain: &[u64], marks: &[usize]) -> Lookup {
+/// The points of a whole chain: `(p, chain[p - 1])` for each of its [`positions`] (what
+/// [`super::chain`] hashes directly, without the blocks in between).
+pub fn points(chain: &[u64], marks: &[usize]) -> Vec<(usize, u64)> {
+    positions(chain.len(), marks)
+        .into_iter()
+        .filter_map(|p| Some((p, *chain.get(p.checked_sub(1)?)?)))
+        .collect()
+}
+
+/// Finds the longest indexed prefix among `points` (block count and the hash of that many
+/// blocks, ascending: [`super::Chain::points`]) by binary search.
+pub fn lookup(store: &dyn Store, view: &View, points: &[(usize, u64)]) -> Lookup {
     let mut out = Lookup::default();
-    let positions = positions(chain.len(), marks);
-    // Invariant: grid index `lo - 1` matched (or lo = 0), everything from `hi` on did not.
-    let (mut lo, mut hi) = (0usize, positions.len());
+    // Invariant: point `lo - 1` matched (or lo = 0), everything from `hi` on did not.
+    let (mut lo, mut hi) = (0usize, points.len());
     while lo < hi && out.calls < MAX_HOST_CALLS {
         let mid = lo + (hi - lo) / 2;
-        let Some(hash) = positions.get(mid).and_then(|p| chain.get(p - 1)).copied() else {
+        let Some(&(blocks, hash)) = points.get(mid) else {
             break;
         };
         let shard = shard_of(hash, view.shards);
@@ -223,7 +265,6 @@ pub fn lookup(store: &dyn Store, view: &View, chain: &[u64], marks: &[usize]) ->
             .and_then(|e| view.endpoints.iter().position(|x| *x == e.endpoint));
         match endpoint {
             Some(endpoint) => {
-                let blocks = positions.get(mid).copied().unwrap_or(0);
                 out.hits.push(Hit { blocks, endpoint });
                 lo = mid + 1;
             }
@@ -233,93 +274,117 @@ pub fn lookup(store: &dyn Store, view: &View, chain: &[u64], marks: &[usize]) ->
     out
 }
 
-/// Remembers that the request with `chain` went to endpoint `picked` (its tag): its grid
-/// blocks, shortest first, grouped by shard, within the call budget. Returns the calls spent
-/// in all (lookup included).
+/// Remembers that the request with `points` went to endpoint `picked` (its tag): its points,
+/// shortest first, grouped by shard, within the call budget. Returns the calls spent in all
+/// (lookup included).
 pub fn record(
     store: &dyn Store,
     view: &View,
-    chain: &[u64],
-    marks: &[usize],
+    points: &[(usize, u64)],
     mut look: Lookup,
     picked: u64,
     now_s: u32,
 ) -> usize {
-    let fresh = |hash: u64| {
-        let shard = shard_of(hash, view.shards);
+    let fresh = |look: &Lookup, hash: u64, shard: usize| {
         look.cached(shard).is_some_and(|(_, t, _)| {
             t.find(hash, view.pool)
                 .is_some_and(|e| e.endpoint == picked && now_s.saturating_sub(e.stamp) < REFRESH_S)
         })
     };
-    // Blocks below a fresh longest match at the picked endpoint were written with it.
+    // Points below a fresh longest match at the picked endpoint were written with it.
     let covered = look
         .longest()
         .filter(|h| view.endpoints.get(h.endpoint) == Some(&picked))
         .filter(|h| {
-            chain
-                .get(h.blocks.wrapping_sub(1))
-                .is_some_and(|&hash| fresh(hash))
+            points
+                .iter()
+                .any(|&(p, hash)| p == h.blocks && fresh(&look, hash, shard_of(hash, view.shards)))
         })
         .map_or(0, |h| h.blocks);
-    let mut groups: Vec<(usize, Vec<u64>)> = Vec::new();
-    for p in positions(chain.len(), marks) {
-        let Some(&hash) = chain.get(p - 1) else {
-            continue;
-        };
-        if p <= covered || fresh(hash) {
-            continue;
-        }
+    // (shard, hash) of each point to write, in order of first appearance of the shard.
+    let mut todo: Vec<(usize, u64)> = Vec::with_capacity(points.len());
+    for &(p, hash) in points {
         let shard = shard_of(hash, view.shards);
-        match groups.iter_mut().find(|(s, _)| *s == shard) {
-            Some((_, hashes)) => hashes.push(hash),
-            None => groups.push((shard, vec![hash])),
+        if p <= covered || fresh(&look, hash, shard) {
+            continue;
         }
+        todo.push((shard, hash));
     }
     let live = |tag: u64| view.endpoints.contains(&tag);
-    for (shard, hashes) in groups {
-        let mut attempt = 0;
-        let written = loop {
-            let cached = look
-                .read
-                .iter()
-                .position(|(s, _, _)| *s == shard)
-                .map(|i| look.read.swap_remove(i));
-            let (mut table, cas) = match cached {
-                Some((_, t, cas)) => (t, cas),
-                None => {
-                    if look.calls + 2 > MAX_HOST_CALLS {
-                        break false;
-                    }
-                    look.calls += 1;
-                    match read(store, shard) {
-                        Ok(read) => read,
-                        Err(_) => break false,
-                    }
+    let mut done = 0;
+    while let Some(&(shard, _)) = todo.get(done) {
+        // Gather this shard's points right after the first one.
+        let mut end = done + 1;
+        let mut i = end;
+        while let Some(&(s, _)) = todo.get(i) {
+            if s == shard {
+                if let Some(run) = todo.get_mut(end..=i) {
+                    run.rotate_right(1);
                 }
-            };
-            if look.calls + 1 > MAX_HOST_CALLS {
-                break false;
+                end += 1;
             }
-            for &hash in &hashes {
-                let entry = ShardEntry {
-                    hash,
-                    endpoint: picked,
-                    pool: view.pool,
-                    stamp: now_s,
-                };
-                table.upsert(entry, &live);
-            }
-            look.calls += 1;
-            match store.set(&key(shard), &table.encode(), cas) {
-                Ok(()) => break true,
-                Err(StoreError::CasMismatch) if attempt == 0 => attempt += 1,
-                Err(_) => break false,
-            }
-        };
-        if !written {
+            i += 1;
+        }
+        let hashes = todo.get(done..end).unwrap_or_default();
+        if !write(store, view, &mut look, shard, hashes, &live, picked, now_s) {
             break;
         }
+        done = end;
     }
     look.calls
+}
+
+/// Writes `hashes` (all in `shard`) for `picked` into the shard, reading it first unless the
+/// lookup did; one retry after a lost compare-and-swap. `false` when the budget or the store
+/// stopped it.
+#[allow(clippy::too_many_arguments)]
+fn write(
+    store: &dyn Store,
+    view: &View,
+    look: &mut Lookup,
+    shard: usize,
+    hashes: &[(usize, u64)],
+    live: &dyn Fn(u64) -> bool,
+    picked: u64,
+    now_s: u32,
+) -> bool {
+    let mut attempt = 0;
+    loop {
+        let cached = look
+            .read
+            .iter()
+            .position(|(s, _, _)| *s == shard)
+            .map(|i| look.read.swap_remove(i));
+        let (mut table, cas) = match cached {
+            Some((_, t, cas)) => (t, cas),
+            None => {
+                if look.calls + 2 > MAX_HOST_CALLS {
+                    return false;
+                }
+                look.calls += 1;
+                match read(store, shard) {
+                    Ok(read) => read,
+                    Err(_) => return false,
+                }
+            }
+        };
+        if look.calls + 1 > MAX_HOST_CALLS {
+            return false;
+        }
+        for &(_, hash) in hashes {
+            let entry = ShardEntry {
+                hash,
+                endpoint: picked,
+                pool: view.pool,
+                stamp: now_s,
+            };
+            table.upsert(entry, live);
+        }
+        look.calls += 1;
+        match store.set(&key(shard), &table.encode(), cas) {
+            Ok(()) => return true,
+            Err(StoreError::CasMismatch) if attempt == 0 => attempt += 1,
+            Err(_) => return false,
+        }
+    }
 }

@@ -5,18 +5,24 @@
 //! like an earlier one is cheaper (no prefill for the cached part) on the server that served
 //! the earlier one. The canonical prefix is the text the body reader already decoded (one
 //! parse, no second pass over the body): the chat messages in order, each as its role and its
-//! text segments, or the `prompt`/`input` text. It is cut into blocks of `block_bytes`; block
-//! `i`'s hash covers block `i` and, through the previous hash, everything before it:
-//! `h_i = H(h_{i-1}, block_i)`, `h_0` = H(seed, pool). Only whole blocks are hashed, at most
-//! `max_blocks`. Two requests share hash `h_i` exactly when (up to a 64-bit collision) their
-//! first `i` blocks are equal, whatever the body's chunking, JSON whitespace, key order in a
-//! message or worker.
+//! text segments, or the `prompt`/`input` text. It is cut into blocks of `block_bytes`; `h_i`
+//! is the digest of one running hash (`hash.rs`, started from the seed and the pool) after the
+//! first `i` whole blocks, at most `max_blocks`. Two requests share `h_i` exactly when (up to
+//! a 64-bit collision) their first `i` blocks are equal, whatever the body's chunking, JSON
+//! whitespace, key order in a message or worker. The text is hashed as the body reader's
+//! segments are walked, in place, and only the `h_i` the index uses are computed: the grid
+//! `i = 1, 2, 4, ...` and the blocks where a message ends (`index.rs`).
 
+mod hash;
 mod index;
 
+pub use hash::hash_block;
+use hash::K2;
+use hash::{all_blocks, Blocks};
+
 pub use index::{
-    grid, key, lookup, positions, record, shard_count, Hit, Lookup, Shard, ShardEntry, View,
-    MAX_HOST_CALLS, SHARD_SLOTS,
+    grid, key, lookup, points, positions, record, shard_count, Hit, Lookup, Shard, ShardEntry,
+    View, MAX_HOST_CALLS, SHARD_SLOTS,
 };
 
 use crate::body::RequestInfo;
@@ -27,46 +33,21 @@ const UNIT_SEP: u8 = 0x1f;
 /// Ends a message.
 const RECORD_SEP: u8 = 0x1e;
 
-const K1: u64 = 0x9E37_79B9_7F4A_7C15;
-const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-
-/// Final mix (murmur3's fmix64): every input bit affects every output bit.
-fn mix(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
-    h ^ (h >> 33)
-}
-
-/// A fast non-cryptographic 64-bit hash of `bytes`, chained on `prev` (8 bytes per step).
-pub fn hash_block(prev: u64, bytes: &[u8]) -> u64 {
-    let mut h = mix(prev ^ K2);
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        let word = w.try_into().map_or(0, u64::from_le_bytes);
-        h = (h.rotate_left(27) ^ word).wrapping_mul(K1);
-    }
-    let mut tail = [0u8; 8];
-    for (t, b) in tail.iter_mut().zip(words.remainder()) {
-        *t = *b;
-    }
-    h = (h.rotate_left(27) ^ u64::from_le_bytes(tail)).wrapping_mul(K1);
-    mix(h ^ bytes.len() as u64)
-}
-
 /// `h_0` of a pool's chains: pools never share an index entry.
 pub fn chain_start(seed: u64, pool: &str) -> u64 {
     hash_block(seed, pool.as_bytes())
 }
 
-/// A request's prefix: the block hash chain and where its messages end.
+/// A request's prefix: how many whole blocks it has, and the hashes the index uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Chain {
-    /// `h_1..h_n`, one per whole block of the canonical prefix.
-    pub hashes: Vec<u64>,
+    /// Whole blocks of the canonical prefix (at most `max_blocks`).
+    pub blocks: usize,
+    /// `(p, h_p)` for the block counts `p` the index keeps and probes, ascending: the grid
+    /// 1, 2, 4, ... up to `blocks`, and the `marks`.
+    pub points: Vec<(usize, u64)>,
     /// Block counts at which a message of the request ends (the whole blocks before the end of
-    /// message 1, 2, ...): ascending, deduplicated, in `1..=n`. The previous turn of a
+    /// message 1, 2, ...): ascending, deduplicated, in `1..=blocks`. The previous turn of a
     /// conversation ended at one of them, so the index also keeps and probes these positions
     /// (a grid alone rounds a turn's match down to a power of two, often to the shared system
     /// prompt only).
@@ -75,99 +56,129 @@ pub struct Chain {
 
 impl Chain {
     pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
+        self.blocks == 0
     }
 
     pub fn len(&self) -> usize {
-        self.hashes.len()
+        self.blocks
     }
 }
 
-/// The canonical prompt prefix of a request, at most `limit` bytes.
+/// Where the canonical prefix goes as it is produced.
+trait Sink {
+    /// Takes `bytes` (as much as the limit leaves room for); `false` once the limit is reached.
+    fn put(&mut self, bytes: &[u8]) -> bool;
+    /// A message ended (its record separator was taken).
+    fn message_end(&mut self);
+}
+
+/// The canonical prefix as bytes, at most `limit` of them.
+struct Text {
+    out: Vec<u8>,
+    limit: usize,
+}
+
+impl Sink for Text {
+    fn put(&mut self, bytes: &[u8]) -> bool {
+        let room = self.limit.saturating_sub(self.out.len());
+        let take = bytes.get(..room.min(bytes.len())).unwrap_or_default();
+        self.out.extend_from_slice(take);
+        self.out.len() < self.limit
+    }
+
+    fn message_end(&mut self) {}
+}
+
+impl Sink for Blocks {
+    fn put(&mut self, bytes: &[u8]) -> bool {
+        Blocks::put(self, bytes)
+    }
+
+    fn message_end(&mut self) {
+        Blocks::message_end(self);
+    }
+}
+
+/// The canonical prompt prefix of a request, at most `limit` bytes (the bytes [`chain`]
+/// hashes, for tests and tools: the chain itself is hashed as the text is produced).
 pub fn canonical(info: &RequestInfo, limit: usize) -> Vec<u8> {
-    canonical_with_ends(info, limit).0
-}
-
-/// [`canonical`] and the byte offsets at which each message ends in it (after its record
-/// separator), ascending; a message cut by `limit` has no end.
-pub fn canonical_with_ends(info: &RequestInfo, limit: usize) -> (Vec<u8>, Vec<usize>) {
-    let mut ends = Vec::new();
-    let out = canonical_into(info, limit, &mut ends);
-    (out, ends)
-}
-
-fn canonical_into(info: &RequestInfo, limit: usize, ends: &mut Vec<usize>) -> Vec<u8> {
-    let mut out: Vec<u8> = Vec::with_capacity(limit.min(64 * 1024));
-    let put = |bytes: &[u8], out: &mut Vec<u8>| -> bool {
-        let room = limit.saturating_sub(out.len());
-        out.extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
-        out.len() < limit
+    let mut text = Text {
+        out: Vec::new(),
+        limit,
     };
+    canonical_into(info, &mut text);
+    text.out
+}
+
+/// Produces the canonical prefix of `info` into `sink` (until it is full), telling it where
+/// each message ends (a message cut by the limit has no end).
+fn canonical_into(info: &RequestInfo, sink: &mut dyn Sink) {
     let end = info.conversation_end.min(info.segments.len());
     let conversation = info.segments.get(..end).unwrap_or_default();
     // Text before the first message (none for a chat request) and `prompt`/`input`.
     let first_turn = info.turns.first().map_or(end, |t| t.first.min(end));
-    let mut pieces: Vec<(Option<&str>, &[std::borrow::Cow<str>])> = Vec::new();
     if first_turn > 0 {
-        pieces.push((None, conversation.get(..first_turn).unwrap_or_default()));
+        let text = conversation.get(..first_turn).unwrap_or_default();
+        if !piece(sink, None, text) {
+            return;
+        }
     }
     for (i, turn) in info.turns.iter().enumerate() {
         let next = info.turns.get(i + 1).map_or(end, |t| t.first.min(end));
         let text = conversation
             .get(turn.first.min(next)..next)
             .unwrap_or_default();
-        pieces.push((Some(turn.role), text));
-    }
-    for (role, text) in pieces {
-        if let Some(role) = role {
-            if !put(role.as_bytes(), &mut out) || !put(&[UNIT_SEP], &mut out) {
-                return out;
-            }
-        }
-        for segment in text {
-            if !put(segment.as_bytes(), &mut out) || !put(&[UNIT_SEP], &mut out) {
-                return out;
-            }
-        }
-        let complete = put(&[RECORD_SEP], &mut out);
-        if role.is_some() && out.last() == Some(&RECORD_SEP) {
-            ends.push(out.len());
-        }
-        if !complete {
-            return out;
+        if !piece(sink, Some(turn.role), text) {
+            return;
         }
     }
-    out
 }
 
-/// The block hash chain of a request for `pool`: `h_1..h_n`, one per whole block of the
-/// canonical prefix, at most `max_blocks`.
+/// One message (its role and text segments) or the text before the first one; `false` once
+/// the sink is full.
+fn piece(sink: &mut dyn Sink, role: Option<&str>, text: &[std::borrow::Cow<str>]) -> bool {
+    if let Some(role) = role {
+        if !sink.put(role.as_bytes()) || !sink.put(&[UNIT_SEP]) {
+            return false;
+        }
+    }
+    for segment in text {
+        if !sink.put(segment.as_bytes()) || !sink.put(&[UNIT_SEP]) {
+            return false;
+        }
+    }
+    // A full sink takes nothing more: the separator was taken exactly when it was not full.
+    let full_before = !sink.put(&[]);
+    let complete = sink.put(&[RECORD_SEP]);
+    if role.is_some() && !full_before {
+        sink.message_end();
+    }
+    complete
+}
+
+/// The block hash chain of a request for `pool`: its whole blocks of the canonical prefix (at
+/// most `max_blocks`) and the hashes of its points, computed as the prefix is produced (no
+/// copy of it, no hash the index does not use).
 pub fn chain(info: &RequestInfo, cfg: &Prefix, pool: &str) -> Chain {
-    let limit = cfg.block_bytes.saturating_mul(cfg.max_blocks);
-    let (bytes, ends) = canonical_with_ends(info, limit);
-    let hashes = chain_of(&bytes, cfg, pool);
-    let size = cfg.block_bytes.max(1);
-    let mut marks: Vec<usize> = ends
-        .iter()
-        .map(|e| (e / size).min(hashes.len()))
-        .filter(|&m| m > 0)
-        .collect();
-    marks.dedup();
-    Chain { hashes, marks }
+    let mut blocks = Blocks::new(chain_start(cfg.seed, pool), cfg.block_bytes, cfg.max_blocks);
+    canonical_into(info, &mut blocks);
+    let (blocks, points, marks) = blocks.finish();
+    Chain {
+        blocks,
+        points,
+        marks,
+    }
 }
 
-/// The chain of canonical bytes (see [`chain`]).
+/// Every block hash `h_1..h_n` of canonical bytes (whole blocks, at most `max_blocks`): the
+/// chain [`chain`]'s points are taken from.
 pub fn chain_of(canonical: &[u8], cfg: &Prefix, pool: &str) -> Vec<u64> {
-    let size = cfg.block_bytes.max(1);
-    let mut h = chain_start(cfg.seed, pool);
-    canonical
-        .chunks_exact(size)
-        .take(cfg.max_blocks)
-        .map(|block| {
-            h = hash_block(h, block);
-            h
-        })
-        .collect()
+    all_blocks(
+        chain_start(cfg.seed, pool),
+        canonical,
+        cfg.block_bytes,
+        cfg.max_blocks,
+    )
 }
 
 /// The pool's tag in index entries (entries of other pools are never forgotten for it).
@@ -177,7 +188,7 @@ pub fn pool_tag(seed: u64, pool: &str) -> u32 {
 
 /// The endpoint identity kept in the index: a hash of its canonical `ip:port`.
 pub fn endpoint_tag(seed: u64, address: &str) -> u64 {
-    hash_block(seed ^ K1, address.as_bytes())
+    hash_block(seed ^ K2.rotate_left(32), address.as_bytes())
 }
 
 /// Estimated tokens of `blocks` blocks (4 bytes a token), for the match-length histogram.

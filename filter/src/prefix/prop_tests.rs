@@ -53,7 +53,7 @@ fn index_under_arbitrary_traffic_stays_bounded() {
             endpoints: &tags,
         };
         let before = store.calls.get();
-        let look = lookup(&store, &v, &chain, &marks);
+        let look = lookup(&store, &v, &points(&chain, &marks));
         for h in &look.hits {
             assert!(h.endpoint < tags.len(), "iter {iter}");
             assert!(h.blocks <= chain.len(), "iter {iter}");
@@ -62,8 +62,7 @@ fn index_under_arbitrary_traffic_stays_bounded() {
             let calls = record(
                 &store,
                 &v,
-                &chain,
-                &marks,
+                &points(&chain, &marks),
                 look,
                 picked,
                 rng.below(100) as u32,
@@ -111,6 +110,11 @@ fn hashing_arbitrary_bodies_never_panics() {
         let chain = chain(&info, &c, "p");
         assert!(chain.len() <= c.max_blocks, "iter {iter}");
         let limit = c.block_bytes * c.max_blocks;
-        assert!(canonical(&info, limit).len() <= limit, "iter {iter}");
+        let text = canonical(&info, limit);
+        assert!(text.len() <= limit, "iter {iter}");
+        // Hashed as produced, piece by piece, or all at once: the same chain.
+        let all = chain_of(&text, &c, "p");
+        assert_eq!(chain.blocks, all.len(), "iter {iter}");
+        assert_eq!(chain.points, points(&all, &chain.marks), "iter {iter}");
     }
 }

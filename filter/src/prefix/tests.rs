@@ -19,8 +19,14 @@ pub(super) fn cfg(block_bytes: usize, max_blocks: usize) -> Prefix {
     }
 }
 
+/// The whole chain of a body (every block), checked against the points `chain` hashes.
 fn chain_of_body(body: &str, c: &Prefix) -> Vec<u64> {
-    chain(&inspect(body.as_bytes()).unwrap(), c, "small").hashes
+    let info = inspect(body.as_bytes()).unwrap();
+    let all = chain_of(&canonical(&info, c.block_bytes * c.max_blocks), c, "small");
+    let ch = chain(&info, c, "small");
+    assert_eq!(ch.blocks, all.len());
+    assert_eq!(ch.points, points(&all, &ch.marks));
+    all
 }
 
 fn chat(messages: &[(&str, &str)]) -> String {
@@ -197,9 +203,9 @@ fn view(tags: &[u64]) -> View<'_> {
 
 fn route(store: &Mem, tags: &[u64], chain: &[u64], picked: usize, now: u32) -> Vec<Hit> {
     let v = view(tags);
-    let look = lookup(store, &v, chain, &[]);
+    let look = lookup(store, &v, &points(chain, &[]));
     let found = look.hits.clone();
-    record(store, &v, chain, &[], look, tags[picked], now);
+    record(store, &v, &points(chain, &[]), look, tags[picked], now);
     found
 }
 
@@ -212,7 +218,7 @@ fn the_index_finds_the_longest_prefix_sent_before() {
     // Turn 2 extends turn 1: its longest indexed block is 16 (grid of 20 blocks).
     let mut turn2 = turn1.clone();
     turn2.extend(100..130);
-    let found = lookup(&store, &view(&tags), &turn2, &[]);
+    let found = lookup(&store, &view(&tags), &points(&turn2, &[]));
     assert_eq!(
         found.longest(),
         Some(Hit {
@@ -222,7 +228,7 @@ fn the_index_finds_the_longest_prefix_sent_before() {
     );
     // Another conversation sharing only the first 3 blocks matches 2.
     let other: Vec<u64> = [1, 2, 3].into_iter().chain(500..540).collect();
-    let found = lookup(&store, &view(&tags), &other, &[]);
+    let found = lookup(&store, &view(&tags), &points(&other, &[]));
     assert_eq!(found.longest().map(|h| h.blocks), Some(2));
     assert!(found.calls <= 4);
 }
@@ -245,12 +251,15 @@ fn a_turn_matches_the_whole_previous_turn_at_its_message_end() {
     let last1 = *ch1.marks.last().unwrap();
     assert!(!grid(ch1.len()).contains(&last1), "{ch1:?}");
     assert!(ch2.marks.contains(&last1));
-    assert_eq!(ch1.hashes[..], ch2.hashes[..ch1.len()]);
+    assert_eq!(
+        chain_of_body(&turn1, &c)[..],
+        chain_of_body(&turn2, &c)[..ch1.len()]
+    );
     let store = Mem::default();
     let tags = [11, 22, 33];
     let v = view(&tags);
-    let look = lookup(&store, &v, &ch1.hashes, &ch1.marks);
-    record(&store, &v, &ch1.hashes, &ch1.marks, look, 22, 5);
+    let look = lookup(&store, &v, &ch1.points);
+    record(&store, &v, &ch1.points, look, 22, 5);
     // A spray of other conversations with the same system prompt, sent elsewhere.
     for (i, tag) in [11u64, 33].iter().enumerate() {
         let other = chat(&[
@@ -258,10 +267,10 @@ fn a_turn_matches_the_whole_previous_turn_at_its_message_end() {
             ("user", &long(&format!("other{i}"), 25)),
         ]);
         let ch = chain(&inspect(other.as_bytes()).unwrap(), &c, "small");
-        let look = lookup(&store, &v, &ch.hashes, &ch.marks);
-        record(&store, &v, &ch.hashes, &ch.marks, look, *tag, 6);
+        let look = lookup(&store, &v, &ch.points);
+        record(&store, &v, &ch.points, look, *tag, 6);
     }
-    let found = lookup(&store, &v, &ch2.hashes, &ch2.marks);
+    let found = lookup(&store, &v, &ch2.points);
     assert_eq!(
         found.longest(),
         Some(Hit {
@@ -293,7 +302,7 @@ fn endpoints_that_left_the_pool_are_ignored_and_forgotten() {
     let chain: Vec<u64> = (1..=8).collect();
     route(&store, &[11, 22], &chain, 0, 100);
     // 11 left the pool: its entries match nothing.
-    assert!(lookup(&store, &view(&[22, 33]), &chain, &[])
+    assert!(lookup(&store, &view(&[22, 33]), &points(&chain, &[]))
         .hits
         .is_empty());
     // And the next write to a shard drops them.
@@ -363,8 +372,13 @@ fn full_hashes_are_verified() {
     let chain: Vec<u64> = vec![5];
     route(&store, &tags, &chain, 0, 1);
     // 5 + 64 lands in the same shard (64 shards) but is another block.
-    assert!(lookup(&store, &view(&tags), &[69], &[]).hits.is_empty());
-    assert_eq!(lookup(&store, &view(&tags), &[5], &[]).hits.len(), 1);
+    assert!(lookup(&store, &view(&tags), &points(&[69], &[]))
+        .hits
+        .is_empty());
+    assert_eq!(
+        lookup(&store, &view(&tags), &points(&[5], &[])).hits.len(),
+        1
+    );
 }
 
 #[test]
@@ -373,9 +387,16 @@ fn corrupted_values_read_as_empty_and_are_overwritten() {
     let tags = [11];
     let chain: Vec<u64> = vec![5];
     store.map.borrow_mut().insert(key(5), (vec![1, 2, 3], 1));
-    assert!(lookup(&store, &view(&tags), &chain, &[]).hits.is_empty());
+    assert!(lookup(&store, &view(&tags), &points(&chain, &[]))
+        .hits
+        .is_empty());
     route(&store, &tags, &chain, 0, 1);
-    assert_eq!(lookup(&store, &view(&tags), &chain, &[]).hits.len(), 1);
+    assert_eq!(
+        lookup(&store, &view(&tags), &points(&chain, &[]))
+            .hits
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -384,17 +405,26 @@ fn a_lost_cas_race_is_retried_once() {
     let tags = [11, 22];
     let chain: Vec<u64> = vec![5];
     let v = view(&tags);
-    let look = lookup(&store, &v, &chain, &[]);
+    let look = lookup(&store, &v, &points(&chain, &[]));
     // Another worker writes the same shard between our read and our write.
     *store.interfere.borrow_mut() = Some(Box::new(|m: &Mem| {
-        let look = lookup(m, &view(&[11, 22]), &[69], &[]);
-        record(m, &view(&[11, 22]), &[69], &[], look, 22, 1);
+        let look = lookup(m, &view(&[11, 22]), &points(&[69], &[]));
+        record(m, &view(&[11, 22]), &points(&[69], &[]), look, 22, 1);
     }));
-    record(&store, &v, &chain, &[], look, 11, 1);
+    record(&store, &v, &points(&chain, &[]), look, 11, 1);
     // Both writes landed.
-    assert_eq!(lookup(&store, &v, &[5], &[]).longest().unwrap().endpoint, 0);
     assert_eq!(
-        lookup(&store, &v, &[69], &[]).longest().unwrap().endpoint,
+        lookup(&store, &v, &points(&[5], &[]))
+            .longest()
+            .unwrap()
+            .endpoint,
+        0
+    );
+    assert_eq!(
+        lookup(&store, &v, &points(&[69], &[]))
+            .longest()
+            .unwrap()
+            .endpoint,
         1
     );
 }
@@ -412,8 +442,8 @@ fn host_calls_stay_within_the_budget() {
             pool: 1,
             endpoints: &tags,
         };
-        let look = lookup(&store, &v, &chain, &[]);
-        let calls = record(&store, &v, &chain, &[], look, 11, 1);
+        let look = lookup(&store, &v, &points(&chain, &[]));
+        let calls = record(&store, &v, &points(&chain, &[]), look, 11, 1);
         assert_eq!(store.calls.get() - before, calls);
         assert!(calls <= MAX_HOST_CALLS, "{n} blocks: {calls} calls");
     }
