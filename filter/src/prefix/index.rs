@@ -38,9 +38,18 @@ pub struct ShardEntry {
     pub stamp: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A shard's value, kept as the bytes read and written (no table is decoded or encoded): the
+/// version byte, then 24 bytes per entry (at most `SHARD_SLOTS`): hash, endpoint (u64 LE),
+/// pool, stamp (u32 LE).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shard {
-    pub entries: Vec<ShardEntry>,
+    raw: Vec<u8>,
+}
+
+impl Default for Shard {
+    fn default() -> Shard {
+        Shard { raw: vec![VERSION] }
+    }
 }
 
 impl ShardEntry {
@@ -71,68 +80,106 @@ impl ShardEntry {
 }
 
 impl Shard {
-    /// Version byte, then 24 bytes per entry: hash, endpoint (u64 LE), pool, stamp (u32 LE).
-    pub fn encode(&self) -> Vec<u8> {
-        let entries = self.entries.get(..SHARD_SLOTS).unwrap_or(&self.entries);
-        let mut out = Vec::with_capacity(1 + entries.len() * ENTRY_BYTES);
-        out.push(VERSION);
-        for e in entries {
-            out.extend_from_slice(&e.bytes());
-        }
-        out
-    }
-
     /// Reads a value; `None` when it is not one this version wrote (wrong version, length or
     /// more than `SHARD_SLOTS` entries).
     pub fn decode(bytes: &[u8]) -> Option<Shard> {
-        let (&version, rest) = bytes.split_first()?;
-        if version != VERSION || rest.len() % ENTRY_BYTES != 0 {
-            return None;
-        }
-        if rest.len() / ENTRY_BYTES > SHARD_SLOTS {
-            return None;
-        }
-        let entries = rest
-            .chunks_exact(ENTRY_BYTES)
-            .filter_map(|e| e.first_chunk::<ENTRY_BYTES>())
-            .map(ShardEntry::read)
-            .collect();
-        Some(Shard { entries })
+        Shard::from_vec(bytes.to_vec())
     }
 
-    pub fn find(&self, hash: u64, pool: u32) -> Option<&ShardEntry> {
-        self.entries
-            .iter()
-            .find(|e| e.hash == hash && e.pool == pool)
+    /// [`Shard::decode`], keeping `raw` as the shard's bytes.
+    pub fn from_vec(raw: Vec<u8>) -> Option<Shard> {
+        let (&version, rest) = raw.split_first()?;
+        if version != VERSION
+            || rest.len() % ENTRY_BYTES != 0
+            || rest.len() / ENTRY_BYTES > SHARD_SLOTS
+        {
+            return None;
+        }
+        Some(Shard { raw })
+    }
+
+    /// The value to store.
+    pub fn encode(&self) -> Vec<u8> {
+        self.raw.clone()
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+
+    pub fn len(&self) -> usize {
+        self.raw.len().saturating_sub(1) / ENTRY_BYTES
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn slot(&self, i: usize) -> Option<ShardEntry> {
+        let at = 1 + i * ENTRY_BYTES;
+        self.raw
+            .get(at..)?
+            .first_chunk::<ENTRY_BYTES>()
+            .map(ShardEntry::read)
+    }
+
+    fn set_slot(&mut self, i: usize, entry: &ShardEntry) {
+        let at = 1 + i * ENTRY_BYTES;
+        if let Some(dst) = self.raw.get_mut(at..at + ENTRY_BYTES) {
+            dst.copy_from_slice(&entry.bytes());
+        }
+    }
+
+    /// The entries, in order.
+    pub fn entries(&self) -> Vec<ShardEntry> {
+        (0..self.len()).filter_map(|i| self.slot(i)).collect()
+    }
+
+    fn position(&self, hash: u64, pool: u32) -> Option<usize> {
+        let rest = self.raw.get(1..).unwrap_or_default();
+        rest.chunks_exact(ENTRY_BYTES).position(|e| {
+            e.first_chunk::<8>().map(|h| u64::from_le_bytes(*h)) == Some(hash)
+                && e.first_chunk::<ENTRY_BYTES>()
+                    .is_some_and(|e| ShardEntry::read(e).pool == pool)
+        })
+    }
+
+    pub fn find(&self, hash: u64, pool: u32) -> Option<ShardEntry> {
+        self.slot(self.position(hash, pool)?)
     }
 
     /// Remembers `entry` (replacing the entry of the same block). Entries of the same pool
-    /// whose endpoint is not `live` any more are forgotten first; a full table then evicts its
-    /// oldest entry.
+    /// whose endpoint is not `live` any more are forgotten first; in a full table the new
+    /// entry then takes the slot of the oldest one.
     pub fn upsert(&mut self, entry: ShardEntry, live: &dyn Fn(u64) -> bool) {
-        self.entries
-            .retain(|e| e.pool != entry.pool || live(e.endpoint));
-        if let Some(e) = self
-            .entries
-            .iter_mut()
-            .find(|e| e.hash == entry.hash && e.pool == entry.pool)
-        {
-            *e = entry;
+        let n = self.len();
+        let mut kept = 0;
+        for i in 0..n {
+            let Some(e) = self.slot(i) else {
+                break;
+            };
+            if e.pool == entry.pool && !live(e.endpoint) {
+                continue;
+            }
+            if kept != i {
+                self.set_slot(kept, &e);
+            }
+            kept += 1;
+        }
+        self.raw.truncate(1 + kept * ENTRY_BYTES);
+        if let Some(i) = self.position(entry.hash, entry.pool) {
+            self.set_slot(i, &entry);
             return;
         }
-        if self.entries.len() >= SHARD_SLOTS {
-            let oldest = self
-                .entries
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, e)| e.stamp)
-                .map(|(i, _)| i);
-            if let Some(i) = oldest {
-                self.entries.remove(i);
-            }
+        if kept < SHARD_SLOTS {
+            self.raw.extend_from_slice(&entry.bytes());
+            return;
         }
-        self.entries.truncate(SHARD_SLOTS.saturating_sub(1));
-        self.entries.push(entry);
+        let oldest = (0..kept)
+            .filter_map(|i| Some((i, self.slot(i)?.stamp)))
+            .min_by_key(|&(_, stamp)| stamp)
+            .map_or(0, |(i, _)| i);
+        self.set_slot(oldest, &entry);
     }
 }
 
@@ -149,25 +196,45 @@ const KEY_PREFIX: &str = "llm_router/prefix/";
 
 /// The shared-data key of a shard (`llm_router/prefix/<n>`).
 pub fn key(shard: usize) -> String {
-    let mut out = String::with_capacity(KEY_PREFIX.len() + 20);
-    out.push_str(KEY_PREFIX);
-    let mut digits = [0u8; 20];
-    let mut n = shard;
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        if let Some(d) = digits.get_mut(start) {
-            *d = b'0' + (n % 10) as u8;
+    Key::new(shard).as_str().to_string()
+}
+
+/// [`key`], built on the stack (no allocation per shared-data call).
+struct Key {
+    buf: [u8; KEY_PREFIX.len() + 20],
+    len: usize,
+}
+
+impl Key {
+    fn new(shard: usize) -> Key {
+        let mut buf = [0u8; KEY_PREFIX.len() + 20];
+        if let Some(dst) = buf.get_mut(..KEY_PREFIX.len()) {
+            dst.copy_from_slice(KEY_PREFIX.as_bytes());
         }
-        n /= 10;
-        if n == 0 || start == 0 {
-            break;
+        let mut digits = [0u8; 20];
+        let mut n = shard;
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            if let Some(d) = digits.get_mut(start) {
+                *d = b'0' + (n % 10) as u8;
+            }
+            n /= 10;
+            if n == 0 || start == 0 {
+                break;
+            }
         }
+        let digits = digits.get(start..).unwrap_or_default();
+        let len = KEY_PREFIX.len() + digits.len();
+        if let Some(dst) = buf.get_mut(KEY_PREFIX.len()..len) {
+            dst.copy_from_slice(digits);
+        }
+        Key { buf, len }
     }
-    for &d in digits.get(start..).unwrap_or_default() {
-        out.push(char::from(d));
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
     }
-    out
 }
 
 /// Indexed block counts of a chain of `n` blocks: 1, 2, 4, ... up to `n`.
@@ -225,8 +292,8 @@ pub struct View<'a> {
 }
 
 fn read(store: &dyn Store, shard: usize) -> Result<(Shard, u32), StoreError> {
-    Ok(match store.get(&key(shard))? {
-        Some((bytes, cas)) => (Shard::decode(&bytes).unwrap_or_default(), cas),
+    Ok(match store.get(Key::new(shard).as_str())? {
+        Some((bytes, cas)) => (Shard::from_vec(bytes).unwrap_or_default(), cas),
         None => (Shard::default(), CREATE_CAS),
     })
 }
@@ -381,7 +448,7 @@ fn write(
             table.upsert(entry, live);
         }
         look.calls += 1;
-        match store.set(&key(shard), &table.encode(), cas) {
+        match store.set(Key::new(shard).as_str(), table.as_bytes(), cas) {
             Ok(()) => return true,
             Err(StoreError::CasMismatch) if attempt == 0 => attempt += 1,
             Err(_) => return false,

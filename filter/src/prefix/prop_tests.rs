@@ -22,7 +22,7 @@ fn shard_decoding_never_panics() {
             }
         }
         if let Some(shard) = Shard::decode(&bytes) {
-            assert!(shard.entries.len() <= SHARD_SLOTS, "iter {iter}");
+            assert!(shard.len() <= SHARD_SLOTS, "iter {iter}");
             assert_eq!(shard.encode(), bytes, "iter {iter}");
         }
     }
@@ -75,7 +75,7 @@ fn index_under_arbitrary_traffic_stays_bounded() {
     }
     for (k, (v, _)) in store.map.borrow().iter() {
         if let Some(s) = Shard::decode(v) {
-            assert!(s.entries.len() <= SHARD_SLOTS, "{k}");
+            assert!(s.len() <= SHARD_SLOTS, "{k}");
         }
     }
 }
@@ -117,4 +117,59 @@ fn hashing_arbitrary_bodies_never_panics() {
         assert_eq!(chain.blocks, all.len(), "iter {iter}");
         assert_eq!(chain.points, points(&all, &chain.marks), "iter {iter}");
     }
+}
+
+/// The shard kept as bytes behaves as a table of entries: upserts (dead endpoints forgotten,
+/// same block replaced, a full table losing its oldest entry) leave the same set of entries
+/// as a plain list would (stamps distinct, so "oldest" is one entry).
+#[test]
+fn shard_upserts_match_a_plain_table() {
+    let mut rng = Rng::new(0x5eed_0015);
+    for iter in 0..iters(2000) {
+        let mut shard = Shard::default();
+        let mut model: Vec<ShardEntry> = Vec::new();
+        let dead = rng.below(4) as u64;
+        for step in 0..rng.below(60) {
+            let entry = ShardEntry {
+                hash: rng.below(40) as u64,
+                endpoint: rng.below(4) as u64,
+                pool: rng.below(2) as u32,
+                stamp: (iter as u32).wrapping_mul(100).wrapping_add(step as u32) ^ 0x5555,
+            };
+            let live = |t: u64| t != dead || step % 7 != 0;
+            shard.upsert(entry, &live);
+            model.retain(|e| e.pool != entry.pool || live(e.endpoint));
+            if let Some(e) = model
+                .iter_mut()
+                .find(|e| e.hash == entry.hash && e.pool == entry.pool)
+            {
+                *e = entry;
+            } else {
+                if model.len() >= SHARD_SLOTS {
+                    let oldest = model
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, e)| e.stamp)
+                        .map(|(i, _)| i)
+                        .unwrap();
+                    model.remove(oldest);
+                }
+                model.push(entry);
+            }
+            let mut got = shard.entries();
+            let mut want = model.clone();
+            got.sort_by_key(|e| (e.hash, e.pool));
+            want.sort_by_key(|e| (e.hash, e.pool));
+            assert_eq!(got, want, "iter {iter} step {step}");
+            assert_eq!(Shard::decode(&shard.encode()), Some(shard.clone()));
+            assert_eq!(shard.find(entry.hash, entry.pool), Some(entry));
+        }
+    }
+}
+
+#[test]
+fn shard_keys_are_decimal() {
+    assert_eq!(key(0), "llm_router/prefix/0");
+    assert_eq!(key(1023), "llm_router/prefix/1023");
+    assert_eq!(key(usize::MAX), format!("llm_router/prefix/{}", usize::MAX));
 }

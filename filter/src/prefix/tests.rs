@@ -325,8 +325,8 @@ fn endpoints_that_left_the_pool_are_ignored_and_forgotten() {
         },
         &|t| t != 11,
     );
-    assert_eq!(shard.entries.len(), 1);
-    assert_eq!(shard.entries[0].endpoint, 22);
+    assert_eq!(shard.len(), 1);
+    assert_eq!(shard.entries()[0].endpoint, 22);
 }
 
 #[test]
@@ -340,11 +340,11 @@ fn a_full_shard_evicts_its_oldest_entry() {
             stamp: 1000 - i as u32,
         };
         shard.upsert(entry, &|_| true);
-        assert!(shard.entries.len() <= SHARD_SLOTS);
+        assert!(shard.len() <= SHARD_SLOTS);
     }
     // Stamps fall with i, so each insert evicted the oldest (smallest stamp) before it: the
     // newest insert survives, the first ones (newest stamps) survive too.
-    assert_eq!(shard.entries.len(), SHARD_SLOTS);
+    assert_eq!(shard.len(), SHARD_SLOTS);
     assert!(shard.find(0, 1).is_some());
     assert!(shard.find(SHARD_SLOTS as u64 + 4, 1).is_some());
     // Re-sending a block to another endpoint replaces its entry.
@@ -358,7 +358,7 @@ fn a_full_shard_evicts_its_oldest_entry() {
         &|_| true,
     );
     assert_eq!(shard.find(0, 1).unwrap().endpoint, 9);
-    assert_eq!(shard.entries.len(), SHARD_SLOTS);
+    assert_eq!(shard.len(), SHARD_SLOTS);
     assert!(
         shard.find(0, 2).is_none(),
         "another pool's entry is not this one"
