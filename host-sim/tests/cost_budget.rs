@@ -94,3 +94,20 @@ fn the_budget_check_fails_past_ten_percent_and_on_a_stale_budget() {
         .iter()
         .any(|p| p.contains("host calls")));
 }
+
+/// Issue 12's cost goal, held here so that it stays met: prefix affinity (hash chain, index
+/// lookup and write) adds at most 10% to the shipped configuration's instructions per request
+/// at 32 KB.
+#[test]
+fn prefix_affinity_adds_at_most_ten_percent_at_32_kb() {
+    let report = measure(&wasm()).expect("measuring dist/llm_router.wasm (run `make build`)");
+    let added = report
+        .affinity_added(host_sim::cost::AFFINITY_GOAL_SIZE)
+        .expect("both setups measured at 32 KB");
+    assert!(
+        added > 0.0 && added <= host_sim::cost::AFFINITY_GOAL,
+        "affinity adds {:.1}%\n{}",
+        added * 100.0,
+        render(&report)
+    );
+}

@@ -149,8 +149,8 @@ impl Shard {
     }
 
     /// Remembers `entry` (replacing the entry of the same block). Entries of the same pool
-    /// whose endpoint is not `live` any more are forgotten first; in a full table the new
-    /// entry then takes the slot of the oldest one.
+    /// whose endpoint is not `live` any more are forgotten first; a full table then evicts its
+    /// oldest entry.
     pub fn upsert(&mut self, entry: ShardEntry, live: &dyn Fn(u64) -> bool) {
         let n = self.len();
         let mut kept = 0;
@@ -175,11 +175,18 @@ impl Shard {
             self.raw.extend_from_slice(&entry.bytes());
             return;
         }
+        // The first entry with the oldest stamp goes (entries are in the order they were
+        // added, so among equal stamps the earliest added), and the new one is added last.
         let oldest = (0..kept)
             .filter_map(|i| Some((i, self.slot(i)?.stamp)))
             .min_by_key(|&(_, stamp)| stamp)
             .map_or(0, |(i, _)| i);
-        self.set_slot(oldest, &entry);
+        let at = 1 + oldest * ENTRY_BYTES;
+        if at + ENTRY_BYTES <= self.raw.len() {
+            self.raw.copy_within(at + ENTRY_BYTES.., at);
+            self.raw.truncate(self.raw.len() - ENTRY_BYTES);
+        }
+        self.raw.extend_from_slice(&entry.bytes());
     }
 }
 

@@ -21,6 +21,10 @@ const SHIPPED: &str = include_str!("../../../tests/scenarios/routing.json");
 pub const SIZES: [usize; 3] = [2 * 1024, 32 * 1024, 256 * 1024];
 /// Envoy hands a held body to the filter as it arrives; 16 KiB per callback here.
 pub const CHUNK: usize = 16 * 1024;
+/// Issue 12's goal: prefix affinity adds at most 10% to the filter's instructions per
+/// request at 32 KB.
+pub const AFFINITY_GOAL: f64 = 0.10;
+pub const AFFINITY_GOAL_SIZE: usize = 32 * 1024;
 /// Requests run before the measured one on the same host (first-use costs stay out).
 const WARMUP: usize = 2;
 const PUSH_TOKEN: &str = "cost-token";
@@ -151,6 +155,14 @@ impl Report {
         self.requests
             .iter()
             .find(|r| r.setup == setup && r.size == size)
+    }
+
+    /// What prefix affinity adds to the shipped configuration's instructions at `size`, as a
+    /// fraction (0.08 = 8%).
+    pub fn affinity_added(&self, size: usize) -> Option<f64> {
+        let with = self.get(Setup::Prefix, size)?.instructions() as f64;
+        let without = self.get(Setup::Shipped, size)?.instructions() as f64;
+        (without > 0.0).then(|| with / without - 1.0)
     }
 
     /// Instructions per KiB of body: the slope between the two largest sizes.
@@ -368,6 +380,29 @@ pub fn render(report: &Report) -> String {
                 setup.name(),
                 k,
                 k / 1024.0
+            );
+        }
+    }
+    for size in SIZES {
+        if let Some(added) = report.affinity_added(size) {
+            let _ = writeln!(
+                out,
+                "prefix affinity adds {:+.1}% to the shipped configuration at {}{}",
+                added * 100.0,
+                size_label(size),
+                if size == AFFINITY_GOAL_SIZE {
+                    format!(
+                        " (issue 12's goal: <= {:.0}%: {})",
+                        AFFINITY_GOAL * 100.0,
+                        if added <= AFFINITY_GOAL {
+                            "met"
+                        } else {
+                            "NOT met"
+                        }
+                    )
+                } else {
+                    String::new()
+                }
             );
         }
     }
