@@ -201,6 +201,7 @@ impl Affine {
             &look.hits,
             endpoints.len(),
             chain.len(),
+            chain.shared,
             cfg.min_match_blocks,
         );
         Affine {

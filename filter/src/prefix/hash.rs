@@ -228,6 +228,8 @@ pub struct Blocks {
     at_boundary: Stream,
     points: Vec<(usize, u64)>,
     marks: Vec<usize>,
+    /// Whole blocks when the leading system messages ended.
+    shared: usize,
 }
 
 impl Blocks {
@@ -246,6 +248,7 @@ impl Blocks {
             next_grid: 1,
             points: Vec::new(),
             marks: Vec::new(),
+            shared: 0,
         }
     }
 
@@ -305,9 +308,14 @@ impl Blocks {
         }
     }
 
-    /// (whole blocks, points ascending, marks ascending).
-    pub fn finish(self) -> (usize, Vec<(usize, u64)>, Vec<usize>) {
-        (self.blocks, self.points, self.marks)
+    /// The leading system messages end here: the whole blocks so far are shared ones.
+    pub fn shared_end(&mut self) {
+        self.shared = self.blocks;
+    }
+
+    /// (whole blocks, points ascending, marks ascending, shared blocks).
+    pub fn finish(self) -> (usize, Vec<(usize, u64)>, Vec<usize>, usize) {
+        (self.blocks, self.points, self.marks, self.shared)
     }
 }
 
@@ -428,7 +436,7 @@ mod tests {
                         }
                     }
                     assert!(blocks.len() <= size * max);
-                    let (n, points, marks) = blocks.finish();
+                    let (n, points, marks, _) = blocks.finish();
                     assert_eq!(n, all.len(), "size {size} max {max} cut {cut}");
                     let mut want_marks: Vec<usize> = ends.into_iter().filter(|&m| m > 0).collect();
                     want_marks.dedup();

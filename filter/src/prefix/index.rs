@@ -348,8 +348,8 @@ pub fn lookup(store: &dyn Store, view: &View, points: &[(usize, u64)]) -> Lookup
     out
 }
 
-/// Remembers that the request with `points` went to endpoint `picked` (its tag): its points,
-/// shortest first, grouped by shard, within the call budget. Returns the calls spent in all
+/// Remembers that the request with `points` went to endpoint `picked` (its tag): its points
+/// (new ones first), grouped by shard, within the call budget. Returns the calls spent in all
 /// (lookup included).
 pub fn record(
     store: &dyn Store,
@@ -375,14 +375,23 @@ pub fn record(
                 .any(|&(p, hash)| p == h.blocks && fresh(&look, hash, shard_of(hash, view.shards)))
         })
         .map_or(0, |h| h.blocks);
-    // (shard, hash) of each point to write, in order of first appearance of the shard.
+    // What the index does not know yet comes first: the points past the longest match at the
+    // picked endpoint (a conversation's new turn: the next turn looks for them), then the
+    // older points again (refreshed so that they are not evicted as old), each shortest first,
+    // as far as the call budget goes.
+    let matched = look
+        .longest()
+        .filter(|h| view.endpoints.get(h.endpoint) == Some(&picked))
+        .map_or(0, |h| h.blocks);
     let mut todo: Vec<(usize, u64)> = Vec::with_capacity(points.len());
-    for &(p, hash) in points {
-        let shard = shard_of(hash, view.shards);
-        if p <= covered || fresh(&look, hash, shard) {
-            continue;
+    for new in [true, false] {
+        for &(p, hash) in points {
+            let shard = shard_of(hash, view.shards);
+            if (p > matched) != new || p <= covered || fresh(&look, hash, shard) {
+                continue;
+            }
+            todo.push((shard, hash));
         }
-        todo.push((shard, hash));
     }
     let live = |tag: u64| view.endpoints.contains(&tag);
     let mut done = 0;

@@ -52,6 +52,11 @@ pub struct Chain {
     /// (a grid alone rounds a turn's match down to a power of two, often to the shared system
     /// prompt only).
     pub marks: Vec<usize>,
+    /// Whole blocks of the leading system (or developer) messages: a prompt that many
+    /// conversations share and every server soon caches. They do not count toward a match
+    /// (a new conversation is placed by load, not drawn to whichever endpoint served the same
+    /// system prompt last).
+    pub shared: usize,
 }
 
 impl Chain {
@@ -70,6 +75,14 @@ trait Sink {
     fn put(&mut self, bytes: &[u8]) -> bool;
     /// A message ended (its record separator was taken).
     fn message_end(&mut self);
+    /// The leading system messages end here (or were cut by the limit).
+    fn shared_end(&mut self);
+}
+
+/// Roles whose leading messages are a shared prompt (raw JSON text, as the body reader keeps
+/// it).
+fn is_shared_role(role: &str) -> bool {
+    matches!(role, "\"system\"" | "\"developer\"")
 }
 
 /// The canonical prefix as bytes, at most `limit` of them.
@@ -87,6 +100,8 @@ impl Sink for Text {
     }
 
     fn message_end(&mut self) {}
+
+    fn shared_end(&mut self) {}
 }
 
 impl Sink for Blocks {
@@ -96,6 +111,10 @@ impl Sink for Blocks {
 
     fn message_end(&mut self) {
         Blocks::message_end(self);
+    }
+
+    fn shared_end(&mut self) {
+        Blocks::shared_end(self);
     }
 }
 
@@ -123,14 +142,27 @@ fn canonical_into(info: &RequestInfo, sink: &mut dyn Sink) {
             return;
         }
     }
+    // Leading system messages: only when nothing comes before them.
+    let mut leading = first_turn == 0;
     for (i, turn) in info.turns.iter().enumerate() {
         let next = info.turns.get(i + 1).map_or(end, |t| t.first.min(end));
         let text = conversation
             .get(turn.first.min(next)..next)
             .unwrap_or_default();
+        let shared = leading && is_shared_role(turn.role);
+        if leading && !shared {
+            leading = false;
+            sink.shared_end();
+        }
         if !piece(sink, Some(turn.role), text) {
+            if shared {
+                sink.shared_end();
+            }
             return;
         }
+    }
+    if leading {
+        sink.shared_end();
     }
 }
 
@@ -162,11 +194,12 @@ fn piece(sink: &mut dyn Sink, role: Option<&str>, text: &[std::borrow::Cow<str>]
 pub fn chain(info: &RequestInfo, cfg: &Prefix, pool: &str) -> Chain {
     let mut blocks = Blocks::new(chain_start(cfg.seed, pool), cfg.block_bytes, cfg.max_blocks);
     canonical_into(info, &mut blocks);
-    let (blocks, points, marks) = blocks.finish();
+    let (blocks, points, marks, shared) = blocks.finish();
     Chain {
         blocks,
         points,
         marks,
+        shared,
     }
 }
 
@@ -196,21 +229,27 @@ pub fn tokens_of(blocks: usize, cfg: &Prefix) -> u64 {
     (blocks as u64).saturating_mul(cfg.block_bytes as u64) / 4
 }
 
-/// Per endpoint of a pool of `pool_len` (same order), the fraction of the request's
-/// `chain_len` blocks matched there: its longest hit, when at least `min_match` blocks.
+/// Per endpoint of a pool of `pool_len` (same order), the fraction of the request's blocks
+/// past its `shared` ones ([`Chain::shared`]) matched there: its longest hit, when at least
+/// `min_match` blocks and longer than the shared ones (`chain_len` blocks in all).
 pub fn matched_fractions(
     hits: &[Hit],
     pool_len: usize,
     chain_len: usize,
+    shared: usize,
     min_match: usize,
 ) -> Vec<f64> {
     let mut out = vec![0.0; pool_len];
-    if chain_len == 0 {
+    if chain_len <= shared {
         return out;
     }
-    for h in hits.iter().filter(|h| h.blocks >= min_match.max(1)) {
+    let own = (chain_len - shared) as f64;
+    for h in hits
+        .iter()
+        .filter(|h| h.blocks >= min_match.max(1) && h.blocks > shared)
+    {
         if let Some(slot) = out.get_mut(h.endpoint) {
-            let f = (h.blocks.min(chain_len) as f64) / chain_len as f64;
+            let f = (h.blocks.min(chain_len) - shared) as f64 / own;
             if f > *slot {
                 *slot = f;
             }

@@ -475,9 +475,13 @@ fn matched_fractions_use_the_longest_hit_and_the_minimum() {
             endpoint: 9,
         },
     ];
-    assert_eq!(matched_fractions(&hits, 3, 16, 1), vec![0.125, 0.5, 0.0]);
-    assert_eq!(matched_fractions(&hits, 3, 16, 4), vec![0.0, 0.5, 0.0]);
-    assert_eq!(matched_fractions(&hits, 3, 0, 1), vec![0.0; 3]);
+    assert_eq!(matched_fractions(&hits, 3, 16, 0, 1), vec![0.125, 0.5, 0.0]);
+    assert_eq!(matched_fractions(&hits, 3, 16, 0, 4), vec![0.0, 0.5, 0.0]);
+    assert_eq!(matched_fractions(&hits, 3, 0, 0, 1), vec![0.0; 3]);
+    // 2 shared (system prompt) blocks of 10: a hit within them is no match, past them the
+    // fraction is of the 8 blocks after them.
+    assert_eq!(matched_fractions(&hits, 3, 10, 2, 1), vec![0.0, 0.75, 0.0]);
+    assert_eq!(matched_fractions(&hits, 3, 8, 8, 1), vec![0.0; 3]);
     assert_eq!(matched_blocks(&hits, 1), 8);
     assert_eq!(matched_blocks(&hits, 2), 0);
 }
@@ -491,4 +495,73 @@ fn turns_are_bounded_for_a_hostile_body() {
     assert_eq!(info.turns.len(), crate::body::MAX_TURNS);
     let c = cfg(16, 1024);
     assert_eq!(chain(&info, &c, "p").len(), 1024);
+}
+
+#[test]
+fn leading_system_messages_are_shared_blocks() {
+    let c = cfg(16, 64);
+    let sys = long("sys", 10);
+    let shared_of = |body: &str| chain(&inspect(body.as_bytes()).unwrap(), &c, "small").shared;
+    let with_system = chat(&[("system", &sys), ("user", &long("question", 10))]);
+    let ch = chain(&inspect(with_system.as_bytes()).unwrap(), &c, "small");
+    // The system message's whole blocks: its end is the first mark.
+    assert!(ch.shared > 0 && ch.shared < ch.blocks, "{ch:?}");
+    assert_eq!(Some(&ch.shared), ch.marks.first());
+    // Two leading system/developer messages are both shared.
+    let two = chat(&[("system", &sys), ("developer", &sys), ("user", "q")]);
+    assert!(shared_of(&two) > ch.shared);
+    // No system message, or a system message after a user one: nothing is shared.
+    assert_eq!(shared_of(&chat(&[("user", &sys), ("assistant", &sys)])), 0);
+    assert_eq!(shared_of(&chat(&[("user", "q"), ("system", &sys)])), 0);
+    assert_eq!(
+        shared_of(&format!(
+            r#"{{"prompt":{}}}"#,
+            serde_json::to_string(&sys).unwrap()
+        )),
+        0
+    );
+    // A system prompt cut by the limit: every block is shared.
+    let small = cfg(16, 4);
+    let ch = chain(&inspect(with_system.as_bytes()).unwrap(), &small, "small");
+    assert_eq!((ch.blocks, ch.shared), (4, 4));
+    // Only system messages: all shared.
+    let only = chat(&[("system", &sys)]);
+    let ch = chain(&inspect(only.as_bytes()).unwrap(), &c, "small");
+    assert_eq!(ch.shared, ch.blocks);
+}
+
+#[test]
+fn a_conversation_writes_its_new_positions_before_refreshing_old_ones() {
+    // Turn 1: 40 blocks, messages ending at 10, 20, 30, 40: 10 positions with the grid,
+    // indexed (over a few requests) long ago. Turn 2 adds two messages (44, 48) at 1000 s: all
+    // of turn 1's entries are stale, rewriting them all does not fit one request's calls,
+    // and the two new positions (which turn 3 looks for) go first.
+    let store = Mem::default();
+    let tags = [11, 22];
+    let v = View {
+        shards: 4096,
+        pool: 1,
+        endpoints: &tags,
+    };
+    let chain: Vec<u64> = (1..=64).map(|i| i * 7919).collect();
+    let p1 = points(&chain[..40], &[10, 20, 30, 40]);
+    for now in 1..4 {
+        let look = lookup(&store, &v, &p1);
+        record(&store, &v, &p1, look, 11, now);
+    }
+    let look = lookup(&store, &v, &p1);
+    assert_eq!(
+        look.longest().map(|h| (h.blocks, h.endpoint)),
+        Some((40, 0))
+    );
+    let p2 = points(&chain[..48], &[10, 20, 30, 40, 44, 48]);
+    let look = lookup(&store, &v, &p2);
+    assert_eq!(look.longest().map(|h| h.blocks), Some(40));
+    assert!(record(&store, &v, &p2, look, 11, 1000) <= MAX_HOST_CALLS);
+    let p3 = points(&chain[..56], &[10, 20, 30, 40, 44, 48, 52, 56]);
+    let found = lookup(&store, &v, &p3);
+    assert_eq!(
+        found.longest().map(|h| (h.blocks, h.endpoint)),
+        Some((48, 0))
+    );
 }
