@@ -373,6 +373,21 @@ table() {
   done
 }
 
+upstream_reuse() {
+  # Upstream connections opened per upstream request, per gateway: near 0 when connections are
+  # kept alive (a new connection per request would add its cost to every variant alike).
+  local v line
+  echo
+  echo "upstream connections opened per upstream request (keep-alive check; ~0 expected):"
+  for v in $VARIANTS; do
+    line=$(curl -sG --max-time 5 --data-urlencode 'filter=^cluster\.[a-z_-]+\.upstream_(cx|rq)_total$' \
+      "http://127.0.0.1:$(gw_admin "$v")/stats" |
+      awk -F': ' '/upstream_cx_total/ { cx += $2 } /upstream_rq_total/ { rq += $2 }
+        END { printf "%d connections / %d requests = %.3f", cx, rq, rq ? cx / rq : 0 }')
+    printf '  %-30s %s\n' "$v $(vname "$v")" "$line"
+  done
+}
+
 slopes() {
   # The cost per body byte: the slope of CPU us/req between the two largest prompts, minus the
   # buffer filter's slope (what holding the body costs Envoy itself).
@@ -415,6 +430,7 @@ if has_part load; then
   for p in "${PUSH_PIDS[@]}"; do stop_pid "$p"; done
   table
   slopes
+  upstream_reuse
   cat <<'EOF'
 
   req/s          closed loop; same wrk, upstream and CPU placement for every variant.

@@ -113,7 +113,17 @@ def upstream_config(base):
                             }],
                         }],
                     },
+                    # The buffer filter reads the whole request before the direct response:
+                    # answered with the request body still unread, Envoy closes the
+                    # connection, and every gateway request would pay a new upstream
+                    # connection (it did: upstream_cx_total == requests).
                     "http_filters": [{
+                        "name": "envoy.filters.http.buffer",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                            "max_request_bytes": 4 * 1024 * 1024,
+                        },
+                    }, {
                         "name": "envoy.filters.http.router",
                         "typed_config": {
                             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
