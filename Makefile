@@ -65,7 +65,7 @@ run: $(WASM) setup ## Envoy with the filter, mock model servers and the sidecar 
 	cargo build --release -p llm-router-sidecar -p llm-router-extproc
 	@TRACING=$(TRACING) scripts/run.sh
 
-bench: $(WASM) setup ## Benchmarks: estimator accuracy, instructions per request (host-sim cost), fleet simulator (routing policies, TTFT plot), Envoy: passthrough/buffer/Lua/filter, memory
+bench: $(WASM) setup ## Benchmarks: estimator accuracy, instructions per request (host-sim cost), fleet simulator (routing policies, TTFT plot), Envoy: passthrough/buffer/Proxy-Wasm floor/Lua/filter, memory
 	@scripts/bench.sh
 
 oci: $(WASM) ## OCI image of the filter for Istio's WasmPlugin (no Docker daemon needed)

@@ -10,7 +10,9 @@
 #           prefix affinity, on chat / RAG / no-reuse workloads over a QPS sweep, in simulated
 #           time; prints the table and issue 12's goals, writes CSV, JSON and a TTFT PNG
 #   part 3  load test, one interleaved run: passthrough (A), Envoy's `buffer` filter (F), the Lua
-#           anchor (L: bench/load/anchor.lua), the filter with routing only (B) and with the
+#           anchor (L: bench/load/anchor.lua), the Proxy-Wasm floor (W: bench/load/floor.wat, a
+#           Wasm module that only holds the headers, reads the body, sets the tier header and
+#           re-matches the route: what any Wasm filter costs at least), the filter with routing only (B) and with the
 #           shipped configuration (C: + tenants + metrics + endpoint picking), each at every
 #           prompt size, rounds interleaved so that a noisy minute hits every variant alike;
 #           against a fast upstream (a second Envoy answering a canned chat completion with
@@ -26,9 +28,9 @@
 #   BENCH_ROUNDS=2            interleaved rounds (figures are summed over rounds)
 #   BENCH_CONNECTIONS=16      wrk connections
 #   BENCH_PROMPT_BYTES="2048 32768 262144"   prompt sizes (bytes of prompt text per request)
-#   BENCH_VARIANTS="A F L B C X"             which gateway variants
+#   BENCH_VARIANTS="A F W L B C X"           which gateway variants
 #   BENCH_PORT_BASE=13000     upstream admin :BASE+2, upstream servers :BASE+101..103 and
-#                             :BASE+201..202, gateway k (A F L B C X) :BASE+10+2k, admin :BASE+11+2k,
+#                             :BASE+201..202, gateway k (A F L B C W X) :BASE+10+2k, admin :BASE+11+2k,
 #                             X's llm-router-extproc :BASE+3 (gRPC), +4 (health), +5 (metrics)
 #   BENCH_PIN=1               pin the gateways to one CPU and wrk + upstream to the others (taskset)
 #   BENCH_PARTS="estimator cost fleet load memory sse"   which parts to run
@@ -50,7 +52,7 @@ WARMUP=${BENCH_WARMUP_SECONDS:-1}
 ROUNDS=${BENCH_ROUNDS:-2}
 CONNS=${BENCH_CONNECTIONS:-16}
 PROMPTS=${BENCH_PROMPT_BYTES:-"2048 32768 262144"}
-VARIANTS=${BENCH_VARIANTS:-"A F L B C X"}
+VARIANTS=${BENCH_VARIANTS:-"A F W L B C X"}
 BASE=${BENCH_PORT_BASE:-13000}
 PIN=${BENCH_PIN:-1}
 PARTS=${BENCH_PARTS:-"estimator cost fleet load memory sse"}
@@ -60,7 +62,7 @@ SSE_REQUESTS=${BENCH_SSE_REQUESTS:-10}
 LOCK=/tmp/llm-router-e2e.lock
 LOCK_WAIT=${BENCH_LOCK_WAIT:-900}
 
-ALL_VARIANTS=(A F L B C X)   # the order of gen-configs.py's VARIANTS (ports)
+ALL_VARIANTS=(A F L B C W X)   # the order of gen-configs.py's VARIANTS (ports)
 X_PORTS=($((BASE + 3)) $((BASE + 4)) $((BASE + 5)))   # variant X's server: gRPC, health, metrics
 UP_ADMIN=$((BASE + 2))
 UP_PORTS=($((BASE + 101)) $((BASE + 102)) $((BASE + 103)) $((BASE + 201)) $((BASE + 202)))
@@ -181,7 +183,9 @@ fi
 WRK_THREADS=$(( NCPU > 2 ? NCPU - 1 : 1 ))
 
 # --- configs --------------------------------------------------------------------------------
-PUSH_PATH=$("$PY" bench/load/gen-configs.py envoy-config/envoy.yaml "$TMP" dist/llm_router.wasm "$BASE") \
+cargo run -q --release -p llm-router-bench --bin floor-wasm -- "$TMP/floor.wasm" \
+  || die "compiling bench/load/floor.wat failed"
+PUSH_PATH=$("$PY" bench/load/gen-configs.py envoy-config/envoy.yaml "$TMP" dist/llm_router.wasm "$BASE" "$TMP/floor.wasm") \
   || die "generating the Envoy configs failed"
 for f in "$TMP"/upstream.yaml "$TMP"/gateway-*.yaml; do
   "$ENVOY" --mode validate -c "$f" --log-level warn >"$TMP/validate.log" 2>&1 \
@@ -221,7 +225,7 @@ gw_port() {  # variant: its gateway's listener port (gen-configs.py's `ports`)
 }
 gw_admin() { echo $(($(gw_port "$1") + 1)); }
 for v in $VARIANTS; do
-  [ -n "$(gw_port "$v")" ] || die "unknown variant $v (A F L B C X)"
+  [ -n "$(gw_port "$v")" ] || die "unknown variant $v (A F W L B C X)"
 done
 
 busy=()
@@ -320,6 +324,7 @@ $(grep -E '\]\[(error|critical)\]' "$log" | tail -5)"
 vname() {
   case $1 in
     A) echo "passthrough" ;; F) echo "buffer filter" ;; L) echo "Lua anchor" ;;
+    W) echo "Proxy-Wasm floor" ;;
     B) echo "llm-router, routing only" ;; C) echo "llm-router, shipped" ;;
     X) echo "ext_proc server, shipped" ;;
   esac

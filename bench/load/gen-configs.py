@@ -15,6 +15,9 @@ Variants (each gateway on ports of its own, see `ports`, so they all run at once
   A  no Wasm filter at all (plain Envoy proxying): passthrough.
   F  Envoy's own `buffer` filter instead of the Wasm filter (the whole body held, nothing read):
      the floor of any filter that reads the body.
+  W  the Proxy-Wasm floor (bench/load/floor.wat) instead of the filter: holds the headers,
+     buffers the body, reads it into the VM once, sets the tier header, re-matches the route,
+     nothing else. What any Wasm filter that routes on the body costs at least.
   L  the Lua anchor (bench/load/anchor.lua) instead of the Wasm filter: the body, a pattern
      match for `model`, a length rule, the tier header and a route re-match.
   B  the filter with routing only: the shipped tiers, default tier, rules and models; no
@@ -27,7 +30,8 @@ Variants (each gateway on ports of its own, see `ports`, so they all run at once
 The upstream is a separate Envoy with one `direct_response` listener per model server of the
 shipped topology (3 small, 2 large), answering a canned OpenAI chat completion with `usage`.
 
-Usage: gen-configs.py SHIPPED_YAML OUTDIR WASM_PATH PORT_BASE
+Usage: gen-configs.py SHIPPED_YAML OUTDIR WASM_PATH PORT_BASE FLOOR_WASM_PATH
+  FLOOR_WASM_PATH  bench/load/floor.wat compiled (variant W)
   PORT_BASE     +2 upstream admin; +101..+103 upstream "small" servers; +201..+202 upstream
                 "large" servers; gateway of variant number k (VARIANTS order) listens on
                 +10+2k, its admin on +11+2k. Variant X (the ext_proc path, from
@@ -47,7 +51,9 @@ import yaml
 
 WASM_FILTER = "envoy.filters.http.wasm"
 RAISED_LIMIT = 1_000_000_000
-VARIANTS = ["A", "F", "L", "B", "C", "X"]
+VARIANTS = ["A", "F", "L", "B", "C", "W", "X"]
+# What bench/load/floor.wat sets (variant W): the shipped routes must match on it.
+FLOOR_HEADER = ("x-llm-model-type", "small")
 ANCHOR_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "anchor.lua")
 
 
@@ -149,7 +155,18 @@ def hcm_of(cfg):
     sys.exit("gen-configs: no http_connection_manager in the shipped config")
 
 
-def gateway_config(shipped, variant, base, wasm, pools, outdir):
+def check_floor_header(hcm):
+    """The floor module's fixed tier header must still pick a route of the shipped table."""
+    name, value = FLOOR_HEADER
+    for vh in hcm["route_config"]["virtual_hosts"]:
+        for r in vh["routes"]:
+            for h in r.get("match", {}).get("headers", []):
+                if h.get("name") == name and h.get("string_match", {}).get("exact") == value:
+                    return
+    sys.exit(f"gen-configs: no shipped route matches {name}: {value}; update bench/load/floor.wat")
+
+
+def gateway_config(shipped, variant, base, wasm, pools, outdir, floor=None):
     cfg = copy.deepcopy(shipped)
     listen, admin = ports(base, variant)
     cfg["admin"]["address"] = sock(admin)
@@ -205,6 +222,14 @@ def gateway_config(shipped, variant, base, wasm, pools, outdir):
         return cfg
     plugin = wf["typed_config"]["config"]
     plugin["vm_config"]["code"]["local"]["filename"] = wasm
+    if variant == "W":
+        check_floor_header(hcm)
+        plugin["vm_config"]["code"]["local"]["filename"] = floor
+        plugin["vm_config"]["vm_id"] = "floor"
+        plugin["name"] = plugin["root_id"] = "floor"
+        plugin["vm_config"].pop("environment_variables", None)
+        plugin.pop("configuration", None)
+        return cfg
     conf = plugin["configuration"]
     pc = json.loads(conf["value"])
     if variant == "B":
@@ -261,9 +286,10 @@ yaml.SafeDumper.add_representer(str, _str)
 
 
 def main():
-    if len(sys.argv) != 5:
+    if len(sys.argv) != 6:
         sys.exit(__doc__)
     shipped_path, outdir, wasm, base = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    floor = os.path.abspath(sys.argv[5])
     with open(shipped_path) as f:
         shipped = yaml.safe_load(f)
     os.makedirs(outdir, exist_ok=True)
@@ -278,10 +304,12 @@ def main():
         yaml.safe_dump(x, f, sort_keys=False)
     with open(os.path.join(outdir, "plugin-X.json"), "w") as f:
         json.dump(plugin, f, indent=2)
-    for v in VARIANTS[:-1]:
+    for v in VARIANTS:
+        if v == "X":
+            continue
         with open(os.path.join(outdir, f"gateway-{v}.yaml"), "w") as f:
-            yaml.safe_dump(gateway_config(shipped, v, base, os.path.abspath(wasm), pools, outdir),
-                           f, sort_keys=False)
+            yaml.safe_dump(gateway_config(shipped, v, base, os.path.abspath(wasm), pools, outdir,
+                                          floor), f, sort_keys=False)
     # waiting / running / kv_cache below the shipped saturation points (max_queue 5, max_kv_cache
     # 0.8), different per server so picking has to score.
     load = [(0, 1, 0.10), (1, 3, 0.30), (2, 2, 0.45)]
