@@ -119,7 +119,7 @@ pub fn start(settings: EngineSettings) -> Result<ProductionEngine, EngineError> 
         grpc,
         wasm: settings.wasm,
         plugin_config: settings.plugin_config,
-        env: settings.env,
+        env: with_subset_hints(settings.env),
         workers: settings.workers,
         memory_limit_bytes: settings.memory_limit_bytes,
         fail_open: settings.fail_open,
@@ -127,4 +127,15 @@ pub fn start(settings: EngineSettings) -> Result<ProductionEngine, EngineError> 
     })
     .map(ProductionEngine)
     .map_err(|e| EngineError(e.0))
+}
+
+/// The module's environment plus the variable that has it read the gateway's subset hint
+/// (`props::SUBSET_PROPERTY`) on each request; Envoy in-proxy gives none and does not set it.
+fn with_subset_hints(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
+    env.retain(|(k, _)| k != llm_router::endpoints::SUBSET_HINTS_ENV);
+    env.push((
+        llm_router::endpoints::SUBSET_HINTS_ENV.to_string(),
+        "1".to_string(),
+    ));
+    env
 }

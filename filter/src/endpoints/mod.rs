@@ -139,6 +139,11 @@ pub enum Pick {
     NotInSubset,
 }
 
+/// Environment variable with which a host says it may hand over subset hints (the ext_proc
+/// server sets it in every VM it runs). Envoy in-proxy has none: without it the filter does not
+/// ask for the hint property on each request (a host call saved).
+pub const SUBSET_HINTS_ENV: &str = "LLM_ROUTER_SUBSET_HINTS";
+
 /// The endpoints a gateway allows for one request (the Inference Extension's subset hint,
 /// `ip:port` separated by commas), canonical like snapshot addresses. Entries that are not
 /// `ip:port` are dropped; at most `MAX_ENDPOINTS_PER_POOL` are read.

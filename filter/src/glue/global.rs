@@ -294,7 +294,11 @@ impl Http {
             }
         }
         match apply_gate(sh, d.gate, &take.cost, &mut parked.routed) {
-            Charged::Go => self.proceed(sh, parked),
+            Charged::Go => {
+                // Resumed in a later callback: the endpoint pick reads the clock again.
+                parked.now = now_ms();
+                self.proceed(sh, parked)
+            }
             Charged::Refused(reply) => {
                 self.routed = Some(parked.routed);
                 self.reply(&reply)

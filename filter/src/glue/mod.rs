@@ -33,6 +33,8 @@ struct Shared {
     /// Bearer token the load sidecar must present (from the environment).
     push_token: Option<String>,
     snapshots: picker::SnapshotCache,
+    /// The host may give a subset hint per request (`endpoints::SUBSET_HINTS_ENV` is set).
+    subset_hints: bool,
 }
 
 /// One per VM (worker thread).
@@ -81,11 +83,14 @@ impl RootContext for Root {
                     }
                     token
                 });
+                let subset_hints =
+                    std::env::var_os(crate::endpoints::SUBSET_HINTS_ENV).is_some_and(|v| v == "1");
                 self.shared = Some(Rc::new(Shared {
                     cfg,
                     stats,
                     push_token,
                     snapshots: picker::SnapshotCache::default(),
+                    subset_hints,
                 }));
                 true
             }
@@ -321,6 +326,25 @@ impl HttpContext for Http {
     }
 }
 
+std::thread_local! {
+    /// The VM's random stream (SplitMix64), seeded from the host's `random_get` by the first
+    /// request, not at VM start (a host that cloned a started VM would give every copy the same
+    /// stream). Weighted splits and endpoint tie-breaks need uniform numbers, not secrets, and a
+    /// request then spends no host call on them.
+    static RANDOM: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
 fn random_u64() -> u64 {
-    getrandom::u64().unwrap_or(0)
+    const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+    RANDOM.with(|cell| {
+        let state = cell
+            .get()
+            .unwrap_or_else(|| getrandom::u64().unwrap_or(GAMMA))
+            .wrapping_add(GAMMA);
+        cell.set(Some(state));
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
 }

@@ -5,7 +5,7 @@ use super::host::SharedData;
 use crate::config::{Criticality, Endpoints, Prefix};
 use crate::endpoints::{self, Affinity, Endpoint, Meta, Pick, PoolInFlight, Snapshot};
 use crate::prefix;
-use crate::store::{update, Step, Store, StoreError};
+use crate::store::{update, update_after, Step, Store, StoreError};
 use log::warn;
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -122,10 +122,13 @@ impl SnapshotCache {
             return Outcome::Fallback(Fallback::NoEndpoint);
         };
         let key = inflight_key(pool);
-        let in_flight = match SharedData.get(&key) {
-            Ok(Some((b, _))) => PoolInFlight::decode(&b).unwrap_or_default(),
-            _ => PoolInFlight::default(),
-        };
+        // Read once: the scoring uses it, and so does the count of the pick (its
+        // compare-and-swap reads again only if another worker wrote in between).
+        let read = SharedData.get(&key).ok().flatten();
+        let in_flight = read
+            .as_ref()
+            .and_then(|(b, _)| PoolInFlight::decode(b))
+            .unwrap_or_default();
         let counts = in_flight.per_endpoint(meta.version, endpoints);
         let extra = |i: usize| counts.get(i).copied().unwrap_or(0);
         let mut affinity = cfg
@@ -153,7 +156,7 @@ impl SnapshotCache {
                 let Some(e) = endpoints.get(i) else {
                     return Outcome::Fallback(Fallback::NoEndpoint);
                 };
-                count_in(&key, meta.version, &e.address, endpoints);
+                count_in(&key, read, meta.version, &e.address, endpoints);
                 let affinity = affinity
                     .take()
                     .map(|a| a.remember(i, chain, now_ms, decision));
@@ -254,9 +257,16 @@ impl Ticket {
     }
 }
 
-/// Counts one more request in flight to `address` in the pool's record.
-fn count_in(key: &str, version: u64, address: &str, pool: &[Endpoint]) {
-    let result = update(&SharedData, key, |current| {
+/// Counts one more request in flight to `address` in the pool's record (`read`: the record as
+/// the pick read it).
+fn count_in(
+    key: &str,
+    read: Option<(Vec<u8>, u32)>,
+    version: u64,
+    address: &str,
+    pool: &[Endpoint],
+) {
+    let result = update_after(&SharedData, key, read, |current| {
         let record = current.and_then(PoolInFlight::decode).unwrap_or_default();
         Step::Write(record.plus_one(version, address, pool).encode(), ())
     });

@@ -82,12 +82,17 @@ impl Http {
             // For Envoy's own `ratelimit` filter (`hits_addend`), before the request goes on.
             publish_tokens(PROMPT_TOKENS_PROPERTY, cost.prompt_tokens());
         }
-        let charged = charge_tenant(sh, &headers, &cost, &mut routed);
+        // One clock read for the whole decision (the charge and the endpoint pick), when
+        // either needs it.
+        let needs_clock = sh.cfg.tenants.is_some() || sh.cfg.endpoints.is_some();
+        let now = if needs_clock { now_ms() } else { 0 };
+        let charged = charge_tenant(sh, &headers, &cost, &mut routed, now);
         let parked = Parked {
             fwd,
             routed,
             headers,
             body_size,
+            now,
         };
         match charged {
             Charged::Go => self.proceed(sh, parked),
@@ -106,8 +111,9 @@ impl Http {
             mut routed,
             headers,
             body_size,
+            now,
         } = parked;
-        let refusal = pick_endpoint(sh, &headers, &mut fwd, &mut routed);
+        let refusal = pick_endpoint(sh, &headers, &mut fwd, &mut routed, now);
         let (tier, model) = (routed.tier, routed.model);
         self.routed = Some(routed);
         if let Some(reply) = refusal {
@@ -217,6 +223,8 @@ pub(super) struct Parked {
     pub routed: Routed,
     pub headers: Vec<(String, String)>,
     pub body_size: usize,
+    /// The proxy's clock when the request was decided (or resumed), in ms.
+    pub now: u64,
 }
 
 /// A `Take` a request waits for.
@@ -245,6 +253,7 @@ fn charge_tenant(
     headers: &plan::Headers,
     cost: &Cost,
     routed: &mut Routed,
+    now: u64,
 ) -> Charged {
     let Some(tenants) = sh.cfg.tenants.as_ref() else {
         return Charged::Go;
@@ -255,9 +264,9 @@ fn charge_tenant(
     };
     let tokens = ratelimit::token_cost(tenants, cost);
     let gate = match &tenants.global {
-        None => ratelimit::gate(tenants, id.as_deref(), tokens, &SharedData, now_ms()),
+        None => ratelimit::gate(tenants, id.as_deref(), tokens, &SharedData, now),
         Some(g) => {
-            let d = global::gate(tenants, g, id.as_deref(), tokens, &SharedData, now_ms());
+            let d = global::gate(tenants, g, id.as_deref(), tokens, &SharedData, now);
             if d.fallback {
                 let action = metrics::outage_action(g.on_outage);
                 sh.stats.inc(Metric::GlobalFallback, &[action]);
@@ -331,6 +340,7 @@ fn pick_endpoint(
     headers: &plan::Headers,
     fwd: &mut Forward,
     routed: &mut Routed,
+    now: u64,
 ) -> Option<LocalReply> {
     let ep_cfg = sh.cfg.endpoints.as_ref()?;
     let pool = sh.cfg.tiers.get(fwd.tier).map_or("", |t| t.name.as_str());
@@ -341,13 +351,17 @@ fn pick_endpoint(
     let crit = crate::endpoints::criticality(fwd.criticality, asked);
     // Behind ext_proc, the gateway may allow only some endpoints (the Inference Extension's
     // subset hint); the server hands it over as this property. Envoy in-proxy has none.
-    let subset = property_string(&SUBSET_PROPERTY).map(|s| crate::endpoints::parse_subset(&s));
+    let subset = sh
+        .subset_hints
+        .then(|| property_string(&SUBSET_PROPERTY))
+        .flatten()
+        .map(|s| crate::endpoints::parse_subset(&s));
     match sh.snapshots.pick(
         ep_cfg,
         pool,
         crit,
         subset.as_deref(),
-        now_ms(),
+        now,
         random_u64(),
         &fwd.prefix,
     ) {

@@ -123,6 +123,8 @@ impl Http {
         if let Some(ticket) = routed.ticket.take() {
             ticket.release();
         }
+        // One clock read for the reconciliation and the duration.
+        let now = now_ms();
         let ok = self.status_code.is_some_and(|c| (200..300).contains(&c));
         let (usage, streamed): (Option<Usage>, Option<u64>) = match &mut self.response {
             ResponseScan::Sse(s) => {
@@ -143,12 +145,12 @@ impl Http {
             ended: self.response_ended,
             streamed,
         };
-        self.reconcile(&routed, usage, ratelimit::outcome(&end));
+        self.reconcile(&routed, usage, ratelimit::outcome(&end), now);
 
         sh.stats
             .inc(Metric::Requests, &[routed.tier, routed.model, status]);
         if !self.local_reply {
-            let elapsed = now_ms().saturating_sub(self.start_ms);
+            let elapsed = now.saturating_sub(self.start_ms);
             sh.stats
                 .record(Metric::RequestDuration, &[routed.model], elapsed);
         }
@@ -169,7 +171,7 @@ impl Http {
         }
     }
 
-    fn reconcile(&self, routed: &Routed, usage: Option<Usage>, outcome: Outcome) {
+    fn reconcile(&self, routed: &Routed, usage: Option<Usage>, outcome: Outcome, now: u64) {
         let Some((tenant, charge, booked)) = &routed.charge else {
             return;
         };
@@ -197,7 +199,7 @@ impl Http {
                 *booked,
                 (fix.requests, fix.tokens),
                 &SharedData,
-                now_ms(),
+                now,
             ),
             _ => ratelimit::adjust_tenant(
                 &SharedData,
@@ -206,7 +208,7 @@ impl Http {
                 tenant.owner.as_deref(),
                 fix.requests,
                 fix.tokens,
-                now_ms(),
+                now,
             ),
         };
         if let Err(e) = done {

@@ -38,10 +38,26 @@ pub enum Step<T> {
 pub fn update<T>(
     store: &dyn Store,
     key: &str,
+    step: impl FnMut(Option<&[u8]>) -> Step<T>,
+) -> Result<T, StoreError> {
+    let read = store.get(key)?;
+    update_after(store, key, read, step)
+}
+
+/// [`update`] starting from what the caller has just read of `key` (`read`: what
+/// [`Store::get`] returned), which saves the first read. A value that is no longer current
+/// fails the compare-and-swap and is read again, so the result is the same as [`update`]'s.
+pub fn update_after<T>(
+    store: &dyn Store,
+    key: &str,
+    read: Option<(Vec<u8>, u32)>,
     mut step: impl FnMut(Option<&[u8]>) -> Step<T>,
 ) -> Result<T, StoreError> {
-    for _ in 0..MAX_CAS_RETRIES {
-        let current = store.get(key)?;
+    let mut current = read;
+    for attempt in 0..MAX_CAS_RETRIES {
+        if attempt > 0 {
+            current = store.get(key)?;
+        }
         let (value, cas) = match &current {
             Some((bytes, cas)) => (Some(bytes.as_slice()), *cas),
             None => (None, CREATE_CAS),
