@@ -4,6 +4,7 @@
 //! `config`, `body`, `tokens`, `routing`, `reply`. The `glue` module holds the proxy-wasm
 //! contexts: they read host state, call the logic and apply the result.
 
+pub mod blocks;
 pub mod body;
 pub mod config;
 pub mod endpoints;
@@ -27,6 +28,11 @@ pub mod usage;
 
 #[cfg(test)]
 mod testutil;
+
+// The module's allocator (`blocks`), in the wasm build only (one thread per module).
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: blocks::SmallBlocks = blocks::SmallBlocks::new();
 
 // The module's entry point; only in the wasm build (native builds are for unit tests).
 #[cfg(target_arch = "wasm32")]

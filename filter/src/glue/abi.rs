@@ -318,7 +318,15 @@ pub fn set_tick_period_ms(period: u32) -> Result<(), Status> {
 
 /// Sets a property of the current stream (Envoy: filter state `wasm.<path>`).
 pub fn set_property<S: AsRef<str>>(path: &[S], value: &[u8]) -> Result<(), Status> {
-    let path = hostmap::property_path(path);
+    // One segment (every key the filter publishes) is its own encoding: no copy.
+    let joined;
+    let path: &[u8] = match path {
+        [one] => one.as_ref().as_bytes(),
+        _ => {
+            joined = hostmap::property_path(path);
+            &joined
+        }
+    };
     // SAFETY: pointers and lengths of live slices.
     check(unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
 }

@@ -71,7 +71,7 @@ pub fn send_reply(reply: &LocalReply) {
 
 /// Publishes facts for tracing as stream properties (`trace`). A host that refuses one only
 /// loses that span attribute.
-pub fn publish(cfg: &crate::config::Config, facts: impl FnOnce() -> crate::trace::Facts) {
+pub fn publish<'a>(cfg: &crate::config::Config, facts: impl FnOnce() -> crate::trace::Facts<'a>) {
     if !cfg.trace_properties {
         return;
     }

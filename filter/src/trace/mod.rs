@@ -13,6 +13,7 @@ use crate::plan::Forward;
 use crate::reply::LocalReply;
 use crate::routing::Reason;
 use crate::usage::Usage;
+use std::borrow::Cow;
 
 /// The property keys (one path segment each, so Envoy's filter state name is `wasm.<key>`).
 pub mod key {
@@ -60,8 +61,9 @@ pub const ENDPOINT_PREFIX_AFFINITY: &str = "prefix_affinity";
 pub const ENDPOINT_SHED: &str = "shed";
 pub const ENDPOINT_NOT_IN_SUBSET: &str = "not_in_subset";
 
-/// Key and value pairs to publish.
-pub type Facts = Vec<(&'static str, String)>;
+/// Key and value pairs to publish. Values borrow what they can (names from the configuration
+/// and the decision): only numbers are formatted.
+pub type Facts<'a> = Vec<(&'static str, Cow<'a, str>)>;
 
 /// `gen_ai.operation.name` of an API path (normalised): the GenAI operation names.
 pub fn operation(path: &str) -> &'static str {
@@ -78,71 +80,76 @@ pub fn operation(path: &str) -> &'static str {
 }
 
 /// `llm_router.rule`: the index of the rule that matched, `default`, or `invalid_body`.
-pub fn rule(reason: Reason) -> String {
+pub fn rule(reason: Reason) -> Cow<'static, str> {
     match reason {
-        Reason::Rule(i) => i.to_string(),
-        other => other.label().to_string(),
+        Reason::Rule(i) => Cow::Owned(i.to_string()),
+        other => Cow::Borrowed(other.label()),
     }
 }
 
 /// What the plan decided for a forwarded request (before the tenant and endpoint steps).
-pub fn routed(cfg: &Config, path: &str, fwd: &Forward) -> Facts {
-    let mut out: Facts = vec![(key::OPERATION, operation(path).to_string())];
+pub fn routed<'a>(cfg: &'a Config, path: &str, fwd: &'a Forward) -> Facts<'a> {
+    let mut out: Facts = Vec::with_capacity(8);
+    out.push((key::OPERATION, Cow::Borrowed(operation(path))));
     if let Some(t) = cfg.tiers.get(fwd.tier) {
-        out.push((key::TIER, t.name.clone()));
+        out.push((key::TIER, Cow::Borrowed(&t.name)));
     }
     out.push((key::RULE, rule(fwd.reason)));
     if let Some(m) = &fwd.model {
-        out.push((key::MODEL, m.clone()));
+        out.push((key::MODEL, Cow::Borrowed(m)));
     }
     if let Some(split) = fwd.split.and_then(|i| cfg.models.get(i)) {
-        out.push((key::SPLIT, split.name.clone()));
+        out.push((key::SPLIT, Cow::Borrowed(&split.name)));
         if let Some(m) = &fwd.model {
-            out.push((key::SPLIT_TARGET, m.clone()));
+            out.push((key::SPLIT_TARGET, Cow::Borrowed(m)));
         }
     }
     if let Some(p) = fwd.prompt_tokens {
-        out.push((key::PROMPT_ESTIMATE, p.to_string()));
+        out.push((key::PROMPT_ESTIMATE, Cow::Owned(p.to_string())));
     }
-    out.push((key::STREAM, fwd.stream.to_string()));
+    let stream = if fwd.stream { "true" } else { "false" };
+    out.push((key::STREAM, Cow::Borrowed(stream)));
     out
 }
 
 /// A body refused before any decision (400/413): the operation (the reply is published as
 /// every local reply is, `local_reply`).
-pub fn rejected(path: &str) -> Facts {
-    vec![(key::OPERATION, operation(path).to_string())]
+pub fn rejected(path: &str) -> Facts<'static> {
+    vec![(key::OPERATION, Cow::Borrowed(operation(path)))]
 }
 
 /// `llm_router.local_reply`: the reply's bounded error code (`rate_limit_exceeded`,
 /// `overloaded` for shedding, `request_too_large`, ...).
-pub fn local_reply(reply: &LocalReply) -> Facts {
+pub fn local_reply(reply: &LocalReply) -> Facts<'_> {
     if reply.code.is_empty() {
         return Vec::new();
     }
-    vec![(key::LOCAL_REPLY, reply.code.to_string())]
+    vec![(key::LOCAL_REPLY, Cow::Borrowed(reply.code))]
 }
 
 /// The tenant's metric label (a configured tenant, `default`, `anonymous` or `overflow`).
-pub fn tenant(label: &str) -> Facts {
-    vec![(key::TENANT, label.to_string())]
+pub fn tenant(label: &str) -> Facts<'_> {
+    vec![(key::TENANT, Cow::Borrowed(label))]
 }
 
 /// The endpoint picked, or why none was (`reason` without an address).
-pub fn endpoint(address: Option<&str>, reason: &str) -> Facts {
-    let mut out: Facts = Vec::new();
+pub fn endpoint<'a>(address: Option<&'a str>, reason: &'a str) -> Facts<'a> {
+    let mut out: Facts = Vec::with_capacity(2);
     if let Some(a) = address {
-        out.push((key::ENDPOINT, a.to_string()));
+        out.push((key::ENDPOINT, Cow::Borrowed(a)));
     }
-    out.push((key::ENDPOINT_REASON, reason.to_string()));
+    out.push((key::ENDPOINT_REASON, Cow::Borrowed(reason)));
     out
 }
 
 /// The response's real usage.
-pub fn usage(u: &Usage) -> Facts {
+pub fn usage(u: &Usage) -> Facts<'static> {
     vec![
-        (key::PROMPT_TOKENS, u.prompt_tokens.to_string()),
-        (key::COMPLETION_TOKENS, u.completion_tokens.to_string()),
+        (key::PROMPT_TOKENS, Cow::Owned(u.prompt_tokens.to_string())),
+        (
+            key::COMPLETION_TOKENS,
+            Cow::Owned(u.completion_tokens.to_string()),
+        ),
     ]
 }
 

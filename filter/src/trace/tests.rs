@@ -29,7 +29,7 @@ fn get<'a>(facts: &'a Facts, k: &str) -> Option<&'a str> {
     facts
         .iter()
         .find(|(key, _)| *key == k)
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v.as_ref())
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn replies_publish_their_code_and_a_bodyless_reply_nothing() {
     let r = LocalReply::error(429, "requests", "rate_limit_exceeded", "slow down");
     assert_eq!(
         local_reply(&r),
-        vec![(key::LOCAL_REPLY, "rate_limit_exceeded".to_string())]
+        vec![(key::LOCAL_REPLY, "rate_limit_exceeded".into())]
     );
     let empty = LocalReply {
         status: 204,
