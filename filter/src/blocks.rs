@@ -47,10 +47,12 @@ impl Default for SmallBlocks {
 
 /// The class of a layout (`None`: too large or over-aligned, the system allocator's).
 pub fn class_of(layout: Layout) -> Option<usize> {
-    if layout.align() > BLOCK_ALIGN {
+    if layout.align() > BLOCK_ALIGN || layout.size() > 512 {
         return None;
     }
-    CLASSES.iter().position(|&c| layout.size() <= c)
+    // Sizes 1..=16 -> 0, 17..=32 -> 1, ... 257..=512 -> 5 (CLASSES[i] = 16 << i).
+    let bits = usize::BITS - (layout.size().max(16) - 1).leading_zeros();
+    Some(bits as usize - 4)
 }
 
 fn block_layout(class: usize) -> Option<Layout> {

@@ -124,3 +124,12 @@ fn classes_cover_sizes_up_to_512_with_the_block_alignment() {
         "over-aligned goes to the system allocator"
     );
 }
+
+#[test]
+fn the_class_is_the_smallest_block_that_holds_the_size() {
+    for size in 0..=600usize {
+        let l = Layout::from_size_align(size, 1).unwrap();
+        let want = CLASSES.iter().position(|&c| size <= c);
+        assert_eq!(class_of(l), want, "size {size}");
+    }
+}

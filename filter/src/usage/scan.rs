@@ -290,7 +290,10 @@ impl Scan {
                 if let Member::Count(f) = top.scalar() {
                     self.counts.set(f, None);
                 }
-                match top.child(b == b'{') {
+                // Without completion text to read, `choices` is skipped like any container off
+                // the paths (bracket counting): `usage` is never inside it.
+                let wanted = |role: &Role| self.wants_text || *role != Role::Choices;
+                match top.child(b == b'{').filter(wanted) {
                     Some(role) => {
                         if role == Role::Usage {
                             self.counts = Counts::default();
