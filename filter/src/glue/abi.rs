@@ -58,13 +58,6 @@ extern "C" {
         data_size: usize,
     ) -> u32;
     fn proxy_get_header_map_pairs(kind: u32, out_data: *mut *mut u8, out_size: *mut usize) -> u32;
-    fn proxy_get_header_map_value(
-        kind: u32,
-        key: *const u8,
-        key_size: usize,
-        out_data: *mut *mut u8,
-        out_size: *mut usize,
-    ) -> u32;
     fn proxy_replace_header_map_value(
         kind: u32,
         key: *const u8,
@@ -183,15 +176,15 @@ pub fn set_buffer(kind: u32, start: usize, size: usize, value: &[u8]) -> Result<
 
 /// Every pair of a header map, as bytes.
 pub fn get_map(kind: u32) -> Result<Vec<hostmap::RawPair>, Status> {
-    // SAFETY: valid out-parameters.
-    let bytes = returned(|d, s| unsafe { proxy_get_header_map_pairs(kind, d, s) })?;
-    Ok(bytes.map(|b| hostmap::decode(&b)).unwrap_or_default())
+    Ok(get_map_bytes(kind)?
+        .map(|b| hostmap::decode(&b))
+        .unwrap_or_default())
 }
 
-/// One header's value as bytes (`None`: absent).
-pub fn get_map_value(kind: u32, name: &str) -> Result<Option<Vec<u8>>, Status> {
-    // SAFETY: pointer and length of a live str; valid out-parameters.
-    returned(|d, s| unsafe { proxy_get_header_map_value(kind, name.as_ptr(), name.len(), d, s) })
+/// A header map in its serialized form (`hostmap::pairs` reads it), `None` when absent.
+pub fn get_map_bytes(kind: u32) -> Result<Option<Vec<u8>>, Status> {
+    // SAFETY: valid out-parameters.
+    returned(|d, s| unsafe { proxy_get_header_map_pairs(kind, d, s) })
 }
 
 /// Sets (`Some`) or removes (`None`) a header.

@@ -128,12 +128,15 @@ pub fn property_string<S: AsRef<str>>(path: &[S]) -> Option<String> {
     }
 }
 
-/// A response header as text (U+FFFD for bytes that are not UTF-8), `None` when absent.
-pub fn response_header(name: &str) -> Option<String> {
-    abi::get_map_value(map::RESPONSE_HEADERS, name)
+/// Response headers as text (U+FFFD for bytes that are not UTF-8), the first value of each
+/// name, `None` when absent. One read of the whole map: a host call returning data costs two
+/// crossings in Envoy (the call, and the VM's allocation for the answer), whatever its size.
+pub fn response_headers<const N: usize>(names: [&str; N]) -> [Option<String>; N] {
+    let map = abi::get_map_bytes(map::RESPONSE_HEADERS)
         .ok()
         .flatten()
-        .map(hostmap::into_string)
+        .unwrap_or_default();
+    names.map(|name| hostmap::find(&map, name).map(|v| hostmap::into_string(v.to_vec())))
 }
 
 pub fn set_response_header(name: &str, value: &str) {

@@ -2,7 +2,7 @@
 //! holding it back, then, once the request is over, reconcile the tenant's charge and count it.
 
 use super::host::{
-    now_ms, publish_facts, response_body, response_header, set_response_header, SharedData,
+    now_ms, publish_facts, response_body, response_headers, set_response_header, SharedData,
 };
 use super::request::{publish_tokens, COMPLETION_TOKENS_PROPERTY};
 use super::{Http, Routed, Shared};
@@ -22,7 +22,8 @@ impl Http {
         let Some(routed) = &self.routed else {
             return;
         };
-        self.status_code = response_header(":status").and_then(|s| s.trim().parse().ok());
+        let [status, content_type] = response_headers([":status", "content-type"]);
+        self.status_code = status.and_then(|s| s.trim().parse().ok());
         if self.local_reply {
             return;
         }
@@ -31,7 +32,7 @@ impl Http {
                 set_response_header(name, &value);
             }
         }
-        let content_type = response_header("content-type").unwrap_or_default();
+        let content_type = content_type.unwrap_or_default();
         let sse = content_type
             .get(..17)
             .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"));

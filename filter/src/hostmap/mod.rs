@@ -17,29 +17,37 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<usize> {
 /// length), then each name and value followed by a NUL byte. Never panics; stops at the
 /// first pair that does not fit in `bytes`.
 pub fn decode(bytes: &[u8]) -> Vec<RawPair> {
-    let Some(count) = u32_at(bytes, 0) else {
-        return Vec::new();
-    };
-    // Each pair takes at least 8 bytes of sizes and 2 NULs: a count the buffer cannot hold is
-    // a lie, and must not size an allocation.
-    let count = count.min(bytes.len() / 10);
-    let mut out = Vec::with_capacity(count);
-    let mut data = 4 + count * 8;
-    for i in 0..count {
-        let sizes = 4 + i * 8;
-        let (Some(name_len), Some(value_len)) = (u32_at(bytes, sizes), u32_at(bytes, sizes + 4))
-        else {
-            break;
-        };
-        let Some(name) = take(bytes, &mut data, name_len) else {
-            break;
-        };
-        let Some(value) = take(bytes, &mut data, value_len) else {
-            break;
-        };
-        out.push((name.to_vec(), value.to_vec()));
-    }
+    let mut out = Vec::with_capacity(count(bytes));
+    out.extend(pairs(bytes).map(|(k, v)| (k.to_vec(), v.to_vec())));
     out
+}
+
+/// The number of pairs a serialized map can hold: its count, unless the buffer is too short
+/// for it (each pair takes at least 8 bytes of sizes and 2 NULs: a count the buffer cannot hold
+/// is a lie, and must not size an allocation).
+fn count(bytes: &[u8]) -> usize {
+    u32_at(bytes, 0).map_or(0, |c| c.min(bytes.len() / 10))
+}
+
+/// The pairs of a serialized header map as slices of it (no copy), as [`decode`] reads them.
+pub fn pairs(bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let count = count(bytes);
+    let mut data = 4 + count * 8;
+    (0..count).map_while(move |i| {
+        let sizes = 4 + i * 8;
+        let name_len = u32_at(bytes, sizes)?;
+        let value_len = u32_at(bytes, sizes + 4)?;
+        let name = take(bytes, &mut data, name_len)?;
+        let value = take(bytes, &mut data, value_len)?;
+        Some((name, value))
+    })
+}
+
+/// The first value of header `name` (ASCII case-insensitive) in a serialized header map.
+pub fn find<'a>(bytes: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    pairs(bytes)
+        .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| v)
 }
 
 /// `len` bytes at `*at`, then skips them and their NUL terminator.

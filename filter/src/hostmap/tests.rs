@@ -67,3 +67,20 @@ fn prop_decode_never_panics_on_random_bytes() {
         assert_eq!(decode(&encode(&pairs)), pairs);
     }
 }
+
+#[test]
+fn find_reads_the_first_value_of_a_name_in_any_case_without_decoding() {
+    let map = encode(&[
+        (":status", "200"),
+        ("Content-Type", "text/event-stream"),
+        ("content-type", "application/json"),
+    ]);
+    assert_eq!(find(&map, ":status"), Some(&b"200"[..]));
+    assert_eq!(find(&map, "content-type"), Some(&b"text/event-stream"[..]));
+    assert_eq!(find(&map, "x-missing"), None);
+    // A map cut short: what fits is read, the rest is absent (as `decode` reads it).
+    let cut = &map[..map.len() - 5];
+    assert_eq!(find(cut, ":status"), Some(&b"200"[..]));
+    assert_eq!(pairs(cut).count(), decode(cut).len());
+    assert_eq!(find(&[], ":status"), None);
+}
