@@ -18,7 +18,8 @@ const NEW_MODEL: &str = "fuzz-\"model\"-\u{e9}";
 /// - after `with_model`, the body is valid JSON with exactly one top-level `model` member, whose
 ///   value is the new model, and it reads (`inspect`) the same as before apart from the model;
 /// - `with_include_usage` on that output (when the body had no `stream_options`) yields a body
-///   that still has exactly that one model and asks for usage;
+///   that still has exactly that one model and asks for usage, the same body as the two edits
+///   composed as prefixes of the original (`model_edit`, `include_usage_edit`);
 /// - a JSON object refused with `InvalidField` can still have its model rewritten.
 pub fn check_body(body: &[u8]) -> Result<(), String> {
     // What Python's json reads as an object (UTF-8 text, lone surrogate escapes allowed).
@@ -59,6 +60,12 @@ pub fn check_body(body: &[u8]) -> Result<(), String> {
     if !info.has_stream_options {
         let both = body::with_include_usage(&out, info.object_start);
         one_model(&both)?;
+        // The plan's two edits of the original, composed as prefixes, give the same body.
+        let model = body::model_edit(body, &info, NEW_MODEL);
+        let composed = body::include_usage_edit(body, Some(model), info.object_start);
+        if composed.apply(body) != both {
+            return Err("the composed prefix edits differ from the edits applied in turn".into());
+        }
         let read = body::inspect(&both).map_err(|e| format!("usage injection: {e:?}"))?;
         if !read.include_usage || !read.has_stream_options {
             return Err("usage injection not read back".into());

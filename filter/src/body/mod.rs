@@ -275,44 +275,77 @@ pub fn prompt_tokens(info: &RequestInfo) -> u64 {
         .saturating_add(info.images.saturating_mul(85))
 }
 
+/// A change to the start of a body: its first `cut` bytes become `with`, the rest is kept as
+/// it is. Both edits the filter makes (`model`, `stream_options`) are of this kind, so the host
+/// replaces a short prefix instead of copying the whole body in and out (Envoy:
+/// `proxy_set_buffer_bytes` with start 0 and size `cut` drains that many bytes and prepends
+/// `with`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    pub cut: usize,
+    pub with: Vec<u8>,
+}
+
+impl Edit {
+    /// The edited body.
+    pub fn apply(&self, body: &[u8]) -> Vec<u8> {
+        let rest = body.get(self.cut..).unwrap_or_default();
+        let mut out = Vec::with_capacity(self.with.len().saturating_add(rest.len()));
+        out.extend_from_slice(&self.with);
+        out.extend_from_slice(rest);
+        out
+    }
+}
+
 /// The body with its top-level `model` set to `model`, so that every JSON parser reads the new
 /// value whatever the original held (`null`, a number, duplicated members): the last `model`
 /// member's value is replaced, earlier `model` members are removed (with their comma), and a
 /// `"model"` member is inserted first when the body had none. Everything else is kept byte
 /// for byte. `info` must come from `inspect(body)`.
 pub fn with_model(body: &[u8], info: &RequestInfo, model: &str) -> Vec<u8> {
+    model_edit(body, info, model).apply(body)
+}
+
+/// [`with_model`] as an [`Edit`]: the body up to the end of the last `model` value (or up to
+/// the object's first byte, where the member is inserted) rewritten.
+pub fn model_edit(body: &[u8], info: &RequestInfo, model: &str) -> Edit {
     let quoted = json_string(model);
-    let mut out = Vec::with_capacity(body.len().saturating_add(quoted.len()).saturating_add(10));
     let Some((last, earlier)) = info.model_spans.split_last() else {
         let (head, tail) = body.split_at(info.object_start.min(body.len()));
-        out.extend_from_slice(head);
-        out.extend_from_slice(b"\"model\":");
-        out.extend_from_slice(quoted.as_bytes());
+        let mut with = Vec::with_capacity(head.len().saturating_add(quoted.len()) + 10);
+        with.extend_from_slice(head);
+        with.extend_from_slice(b"\"model\":");
+        with.extend_from_slice(quoted.as_bytes());
         if tail.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}') {
-            out.push(b',');
+            with.push(b',');
         }
-        out.extend_from_slice(tail);
-        return out;
+        return Edit {
+            cut: head.len(),
+            with,
+        };
     };
+    let mut with = Vec::with_capacity(last.start.saturating_add(quoted.len()));
     let mut at = 0usize;
     for span in earlier {
         match member_extent(body, span) {
             Some(cut) if cut.start >= at => {
-                out.extend_from_slice(body.get(at..cut.start).unwrap_or_default());
+                with.extend_from_slice(body.get(at..cut.start).unwrap_or_default());
                 at = cut.end;
             }
             // Never for a body `inspect` accepted; replacing the value is still safe.
             _ => {
-                out.extend_from_slice(body.get(at..span.start).unwrap_or_default());
-                out.extend_from_slice(quoted.as_bytes());
+                with.extend_from_slice(body.get(at..span.start).unwrap_or_default());
+                with.extend_from_slice(quoted.as_bytes());
                 at = span.end;
             }
         }
     }
-    out.extend_from_slice(body.get(at..last.start).unwrap_or_default());
-    out.extend_from_slice(quoted.as_bytes());
-    out.extend_from_slice(body.get(last.end..).unwrap_or_default());
-    out
+    with.extend_from_slice(body.get(at..last.start).unwrap_or_default());
+    with.extend_from_slice(quoted.as_bytes());
+    Edit {
+        cut: last.end.min(body.len()),
+        with,
+    }
 }
 
 /// The bytes of the object member whose value spans `value`, from its key's opening quote
@@ -366,15 +399,31 @@ fn member_extent(body: &[u8], value: &Range<usize>) -> Option<Range<usize>> {
 /// streaming requests that do not ask for usage; used only when the body has no
 /// `stream_options` at all, so no key is duplicated).
 pub fn with_include_usage(body: &[u8], object_start: usize) -> Vec<u8> {
-    let (head, tail) = body.split_at(object_start.min(body.len()));
-    let mut out = Vec::with_capacity(body.len() + 48);
+    include_usage_edit(body, None, object_start).apply(body)
+}
+
+/// [`with_include_usage`] as an [`Edit`] of `body`, on top of `prior` (an edit of the same body
+/// whose prefix holds `object_start`, as [`model_edit`]'s does).
+pub fn include_usage_edit(body: &[u8], prior: Option<Edit>, object_start: usize) -> Edit {
+    let Edit { cut, with } = prior.unwrap_or_else(|| {
+        let head = body.get(..object_start).unwrap_or(body);
+        Edit {
+            cut: head.len(),
+            with: head.to_vec(),
+        }
+    });
+    let at = object_start.min(with.len());
+    let (head, rest) = with.split_at(at);
+    let tail = body.get(cut..).unwrap_or_default();
+    let next = rest.iter().chain(tail).find(|b| !b.is_ascii_whitespace());
+    let mut out = Vec::with_capacity(with.len() + 48);
     out.extend_from_slice(head);
     out.extend_from_slice(b"\"stream_options\":{\"include_usage\":true}");
-    if tail.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}') {
+    if next != Some(&b'}') {
         out.push(b',');
     }
-    out.extend_from_slice(tail);
-    out
+    out.extend_from_slice(rest);
+    Edit { cut, with: out }
 }
 
 fn json_string(s: &str) -> String {

@@ -38,9 +38,11 @@ pub fn request_body(max: usize) -> Vec<u8> {
     }
 }
 
-/// Replaces the buffered request body; true when the host took it.
-pub fn set_request_body(size: usize, body: &[u8]) -> bool {
-    match abi::set_buffer(buffer::REQUEST_BODY, 0, size, body) {
+/// Rewrites the start of the buffered request body (`size` bytes held): its first `edit.cut`
+/// bytes become `edit.with` (Envoy drains that many bytes and prepends the new ones); true
+/// when the host took it.
+pub fn set_request_body_prefix(size: usize, edit: &crate::body::Edit) -> bool {
+    match abi::set_buffer(buffer::REQUEST_BODY, 0, edit.cut.min(size), &edit.with) {
         Ok(()) => true,
         Err(status) => {
             warn!("llm-router: cannot rewrite the body: {status:?}");

@@ -3,7 +3,7 @@
 
 use super::host::{
     clear_route_cache, now_ms, property_string, publish, request_body, send_reply,
-    set_request_body, set_request_header, SharedData,
+    set_request_body_prefix, set_request_header, SharedData,
 };
 use super::{abi, picker, random_u64, Http, Routed, Shared};
 use crate::body::InvalidBody;
@@ -428,8 +428,8 @@ fn apply_forward(fwd: &Forward, body_size: usize) {
     for (name, value) in &fwd.set_headers {
         set_request_header(name, Some(value));
     }
-    if let Some(new_body) = &fwd.body {
-        if set_request_body(body_size, new_body) {
+    if let Some(edit) = &fwd.body {
+        if set_request_body_prefix(body_size, edit) {
             // The length changed: Envoy frames the body anew without it.
             set_request_header("content-length", None);
         }

@@ -30,8 +30,8 @@ pub struct Forward {
     pub reason: Reason,
     /// Headers to set (replacing any value).
     pub set_headers: Vec<(String, String)>,
-    /// Replacement body, when it was rewritten.
-    pub body: Option<Vec<u8>>,
+    /// The body's rewrite (a new prefix), when it was rewritten.
+    pub body: Option<crate::body::Edit>,
     /// Model the request is sent with (for metrics; `None` when unknown).
     pub model: Option<String>,
     /// Index into `Config::models` when a split decided.
@@ -87,16 +87,15 @@ pub fn plan(
     let (tier, reason) = routing::select_tier(cfg, &facts, |n| header(headers, n));
     let choice = routing::choose_model(cfg, tier, info.model.as_deref(), roll);
 
-    let mut new_body: Option<Vec<u8>> = None;
+    let mut new_body: Option<body::Edit> = None;
     let raw = body.unwrap_or_default();
     if let (true, Some(m)) = (choice.rewrite, choice.model.as_deref()) {
-        new_body = Some(body::with_model(raw, &info, m));
+        new_body = Some(body::model_edit(raw, &info, m));
     }
     if cfg.inject_stream_usage && info.stream && !info.has_stream_options {
         // The insertion point (just after `{`) is the same in the rewritten body: the model
         // edit happens later in the object or is itself inserted right there.
-        let current = new_body.as_deref().unwrap_or(raw);
-        new_body = Some(body::with_include_usage(current, info.object_start));
+        new_body = Some(body::include_usage_edit(raw, new_body, info.object_start));
     }
 
     let mut set_headers = vec![
@@ -148,7 +147,7 @@ pub fn invalid(cfg: &Config, why: InvalidBody, body: Option<&[u8]>, body_bytes: 
             }
             let new_body = match (body, &model) {
                 (Some(raw), Some(m)) => {
-                    body::locate_model(raw).map(|info| body::with_model(raw, &info, m))
+                    body::locate_model(raw).map(|info| body::model_edit(raw, &info, m))
                 }
                 _ => None,
             };

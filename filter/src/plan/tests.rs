@@ -43,6 +43,14 @@ fn run(c: &Config, headers: &[(&str, &str)], body: &str) -> Plan {
     plan(c, "/v1/chat/completions", &h, Ok(body.as_bytes()), 0, 0)
 }
 
+/// The body the upstream gets: the plan's edit applied to what was sent (an edit is expected).
+fn rewritten(f: &Forward, sent: &str) -> Vec<u8> {
+    f.body
+        .as_ref()
+        .expect("a rewritten body")
+        .apply(sent.as_bytes())
+}
+
 fn chat(model: &str, text: &str) -> String {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]}).to_string()
 }
@@ -50,13 +58,14 @@ fn chat(model: &str, text: &str) -> String {
 #[test]
 fn short_prompt_goes_to_default_tier_with_its_model() {
     let c = cfg("{}");
-    let f = forward(run(&c, &[], &chat("whatever", "hello")));
+    let sent = chat("whatever", "hello");
+    let f = forward(run(&c, &[], &sent));
     assert_eq!(hdr(&f, "x-llm-model-type"), Some("small"));
     assert_eq!(hdr(&f, "x-model-id"), Some("llama-8b"));
     assert_eq!(f.reason, Reason::Default);
     let tokens: u64 = hdr(&f, "x-llm-prompt-tokens").unwrap().parse().unwrap();
     assert!((5..20).contains(&tokens), "{tokens}");
-    let body: serde_json::Value = serde_json::from_slice(f.body.as_ref().unwrap()).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&rewritten(&f, &sent)).unwrap();
     assert_eq!(body["model"], "llama-8b");
     assert_eq!(body["messages"][0]["content"], "hello");
 }
@@ -113,7 +122,7 @@ fn split_rewrites_to_a_target() {
     assert_eq!(a.model.as_deref(), Some("v2"));
     assert_eq!(b.model.as_deref(), Some("v1"));
     assert_eq!(a.split, Some(0));
-    let v: serde_json::Value = serde_json::from_slice(a.body.as_ref().unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&rewritten(&a, &body)).unwrap();
     assert_eq!(v["model"], "v2");
 }
 
@@ -183,12 +192,13 @@ fn stream_usage_is_injected_when_enabled() {
     let c = cfg(r#"{"inject_stream_usage": true}"#);
     let body = r#"{"model":"keep-me","stream":true,"messages":[]}"#;
     let f = forward(run(&c, &[], body));
-    let v: serde_json::Value = serde_json::from_slice(f.body.as_ref().unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&rewritten(&f, body)).unwrap();
     assert_eq!(v["stream_options"]["include_usage"], true);
     assert_eq!(v["model"], "keep-me");
     // with a model rewrite too
-    let f = forward(run(&c, &[], r#"{"stream":true,"messages":[]}"#));
-    let v: serde_json::Value = serde_json::from_slice(f.body.as_ref().unwrap()).unwrap();
+    let sent = r#"{"stream":true,"messages":[]}"#;
+    let f = forward(run(&c, &[], sent));
+    let v: serde_json::Value = serde_json::from_slice(&rewritten(&f, sent)).unwrap();
     assert_eq!(v["stream_options"]["include_usage"], true);
     assert_eq!(v["model"], "llama-8b");
     // the client's own stream_options are left alone
@@ -230,7 +240,7 @@ fn hostile_bodies_are_routed_and_rewritten() {
         r#"{"model":"x","model":"y","model":5}"#,
     ] {
         let f = forward(run(&c, &[], body));
-        let out = f.body.expect("rewritten");
+        let out = rewritten(&f, body);
         let spans = body::locate_model(&out).unwrap().model_spans;
         assert_eq!(spans.len(), 1, "{}", String::from_utf8_lossy(&out));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -270,7 +280,7 @@ fn wrongly_typed_body_still_gets_the_tier_model() {
     assert_eq!(f.invalid, Some(InvalidBody::InvalidField));
     assert_eq!(f.prompt_tokens, None);
     assert_eq!(f.body_bytes, body.len() as u64);
-    let out = f.body.expect("model written");
+    let out = rewritten(&f, body);
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["model"], "llama-8b");
     assert_eq!(body::locate_model(&out).unwrap().model_spans.len(), 1);

@@ -60,21 +60,15 @@ fn proxy_get_buffer_bytes(
     copy_out(&mut c, &data[start..end], ptr_ptr, size_ptr)
 }
 
-/// Envoy's `Buffer::copyFrom`: start 0 and size 0 prepends; start 0 and a size covering the
-/// whole buffer replaces it; start at or past the end appends; anything else is BadArgument.
+/// Envoy's `Buffer::copyFrom` on an HTTP body: start 0 drains `size` bytes from the front and
+/// prepends the data (size 0 prepends, a size covering the buffer replaces it, a shorter one
+/// replaces that prefix); start at or past the end appends; anything else is BadArgument.
 fn splice(buf: &mut Vec<u8>, start: usize, size: usize, data: &[u8]) -> Status {
     if start == 0 {
-        if size == 0 {
-            let mut v = data.to_vec();
-            v.extend_from_slice(buf);
-            *buf = v;
-            Status::Ok
-        } else if size >= buf.len() {
-            *buf = data.to_vec();
-            Status::Ok
-        } else {
-            Status::BadArgument
-        }
+        // Envoy's `Buffer::copyFrom`: drain `size` bytes (all there are, at most), then prepend.
+        let drained = size.min(buf.len());
+        buf.splice(..drained, data.iter().copied());
+        Status::Ok
     } else if start >= buf.len() {
         buf.extend_from_slice(data);
         Status::Ok
@@ -309,4 +303,26 @@ pub(super) fn register(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
         proxy_add_header_map_value,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::splice;
+    use crate::abi::Status;
+
+    #[test]
+    fn splice_follows_envoys_copy_from() {
+        let run = |start, size, data: &[u8]| {
+            let mut b = b"hello world".to_vec();
+            let s = splice(&mut b, start, size, data);
+            (s, String::from_utf8_lossy(&b).into_owned())
+        };
+        assert_eq!(run(0, 0, b">"), (Status::Ok, ">hello world".into()));
+        assert_eq!(run(0, 5, b"HOWDY"), (Status::Ok, "HOWDY world".into()));
+        assert_eq!(run(0, 5, b"hi"), (Status::Ok, "hi world".into()));
+        assert_eq!(run(0, 11, b"x"), (Status::Ok, "x".into()));
+        assert_eq!(run(0, 99, b"x"), (Status::Ok, "x".into()));
+        assert_eq!(run(11, 0, b"!"), (Status::Ok, "hello world!".into()));
+        assert_eq!(run(3, 2, b"x"), (Status::BadArgument, "hello world".into()));
+    }
 }
