@@ -16,11 +16,14 @@ mod tenants;
 
 use crate::config::{BucketLimit, Limits, Tenants};
 use crate::reply::LocalReply;
-use crate::store::{update, Step};
+use crate::store::{update, update_after, Step};
 pub use crate::store::{Store, StoreError};
 use bucket::UNIT;
 pub use reconcile::{outcome, reconcile, token_cost, Charge, Correction, Cost, End, Outcome};
-pub use tenants::{jwt_claim_path, overflow, resolve, Resolved, Tenant, MAX_TENANT_ID_LEN};
+pub use tenants::{
+    jwt_claim_path, overflow, resolve, resolve_and_read, Resolved, SlotRead, Tenant,
+    MAX_TENANT_ID_LEN,
+};
 
 /// Key prefix of the per-proxy buckets in shared data.
 const PREFIX: &str = "llm_router/rl/";
@@ -215,9 +218,24 @@ pub fn admit_tenant(
     tokens: u64,
     now_ms: u64,
 ) -> Result<Admission, StoreError> {
+    let read = store.get(key)?;
+    admit_tenant_after(store, key, read, limits, owner, tokens, now_ms)
+}
+
+/// [`admit_tenant`] starting from what the caller has just read of `key` (`read`, as
+/// `store::update_after` takes it): the slot's read while resolving the tenant.
+pub fn admit_tenant_after(
+    store: &dyn Store,
+    key: &str,
+    read: Option<(Vec<u8>, u32)>,
+    limits: &Limits,
+    owner: Option<&str>,
+    tokens: u64,
+    now_ms: u64,
+) -> Result<Admission, StoreError> {
     let need_req = admission_units(1, &limits.requests);
     let need_tok = admission_units(tokens, &limits.tokens);
-    update(store, key, |current| {
+    update_after(store, key, read, |current| {
         let state = match owned_state(current, owner) {
             Ok(Some(s)) => s.refilled(limits, now_ms),
             Ok(None) => State::full(limits, now_ms),
@@ -385,15 +403,22 @@ const RESOLVE_TRIES: usize = 3;
 pub fn gate(cfg: &Tenants, id: Option<&str>, cost: u64, store: &dyn Store, now_ms: u64) -> Gate {
     let mut tenant = None;
     for attempt in 0..=RESOLVE_TRIES {
-        let t = match resolve(cfg, id, store, now_ms) {
+        let (t, read) = match resolve_and_read(cfg, id, store, now_ms) {
             // Lost the slot every time: the shared bucket takes the charge.
-            Ok(Resolved::Tenant(_)) if attempt == RESOLVE_TRIES => overflow(cfg),
-            Ok(Resolved::Tenant(t)) => t,
-            Ok(Resolved::Rejected) => return unknown_tenant(),
+            Ok((Resolved::Tenant(_), _)) if attempt == RESOLVE_TRIES => (overflow(cfg), None),
+            Ok((Resolved::Tenant(t), read)) => (t, read),
+            Ok((Resolved::Rejected, _)) => return unknown_tenant(),
             Err(e) => return unavailable(format!("{e:?}")),
         };
         let owner = t.owner.as_deref();
-        match admit_tenant(store, &t.key, &t.limits, owner, cost, now_ms) {
+        let admitted = match read {
+            // The slot as resolving read it: the charge's compare-and-swap starts there.
+            Some(read) => {
+                admit_tenant_after(store, &t.key, Some(read), &t.limits, owner, cost, now_ms)
+            }
+            None => admit_tenant(store, &t.key, &t.limits, owner, cost, now_ms),
+        };
+        match admitted {
             Ok(Admission::SlotLost) => continue,
             Ok(a) => {
                 tenant = Some((t, a));

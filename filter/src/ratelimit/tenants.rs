@@ -72,26 +72,39 @@ pub fn resolve(
     store: &dyn Store,
     now_ms: u64,
 ) -> Result<Resolved, StoreError> {
+    resolve_and_read(cfg, id, store, now_ms).map(|(r, _)| r)
+}
+
+/// What a slot read while resolving held (its value and CAS), for the charge that follows.
+pub type SlotRead = Option<(Vec<u8>, u32)>;
+
+/// [`resolve`], and for a tenant found in its slot what the slot held when it was read, so
+/// that charging it starts from that read instead of reading the slot again (`None`: nothing
+/// read, or the slot was just claimed).
+pub fn resolve_and_read(
+    cfg: &Tenants,
+    id: Option<&str>,
+    store: &dyn Store,
+    now_ms: u64,
+) -> Result<(Resolved, SlotRead), StoreError> {
     let id = id.map(str::trim).filter(|s| !s.is_empty());
     let Some(id) = id else {
         let limits = configured(cfg, "anonymous").unwrap_or(cfg.default);
-        return Ok(Resolved::Tenant(fixed(
-            cfg,
-            "t/anonymous",
-            "anonymous",
-            limits,
-        )));
+        let t = fixed(cfg, "t/anonymous", "anonymous", limits);
+        return Ok((Resolved::Tenant(t), None));
     };
     if let Some(limits) = configured(cfg, id) {
-        return Ok(Resolved::Tenant(fixed(cfg, &format!("t/{id}"), id, limits)));
+        let t = fixed(cfg, &format!("t/{id}"), id, limits);
+        return Ok((Resolved::Tenant(t), None));
     }
     if cfg.unknown == UnknownTenant::Reject {
-        return Ok(Resolved::Rejected);
+        return Ok((Resolved::Rejected, None));
     }
     if id.len() > MAX_TENANT_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Ok(Resolved::Tenant(overflow(cfg)));
+        return Ok((Resolved::Tenant(overflow(cfg)), None));
     }
-    Ok(Resolved::Tenant(slot_for(cfg, id, store, now_ms)?))
+    let (t, read) = slot_for(cfg, id, store, now_ms)?;
+    Ok((Resolved::Tenant(t), read))
 }
 
 pub(super) fn configured(cfg: &Tenants, id: &str) -> Option<Limits> {
@@ -132,11 +145,17 @@ fn hash(id: &str) -> u64 {
     })
 }
 
-/// The slot holding `id`, or a free one claimed for it, or `overflow`.
-fn slot_for(cfg: &Tenants, id: &str, store: &dyn Store, now_ms: u64) -> Result<Tenant, StoreError> {
+/// The slot holding `id` (with what it held when read), or a free one claimed for it, or
+/// `overflow`.
+fn slot_for(
+    cfg: &Tenants,
+    id: &str,
+    store: &dyn Store,
+    now_ms: u64,
+) -> Result<(Tenant, SlotRead), StoreError> {
     let slots = u64::from(cfg.max_tracked_tenants);
     if slots == 0 {
-        return Ok(overflow(cfg));
+        return Ok((overflow(cfg), None));
     }
     let own = |key: String| Tenant {
         key,
@@ -156,7 +175,7 @@ fn slot_for(cfg: &Tenants, id: &str, store: &dyn Store, now_ms: u64) -> Result<T
                         continue;
                     };
                     if owner == id.as_bytes() {
-                        return Ok(own(key));
+                        return Ok((own(key), Some((value, cas))));
                     }
                     if free.is_none() && reclaimable {
                         free = Some((key, cas));
@@ -166,17 +185,17 @@ fn slot_for(cfg: &Tenants, id: &str, store: &dyn Store, now_ms: u64) -> Result<T
             }
         }
         let Some((key, cas)) = free else {
-            return Ok(overflow(cfg));
+            return Ok((overflow(cfg), None));
         };
         let record = claim_record(cfg, id, now_ms);
         match store.set(&key, &record, cas) {
-            Ok(()) => return Ok(own(key)),
+            Ok(()) => return Ok((own(key), None)),
             // Another worker wrote the slot (perhaps for this same id): look again.
             Err(StoreError::CasMismatch) => continue,
             Err(e) => return Err(e),
         }
     }
-    Ok(overflow(cfg))
+    Ok((overflow(cfg), None))
 }
 
 /// The shared-data path of a JWT claim, as Envoy's property API takes it (segments).

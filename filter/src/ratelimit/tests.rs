@@ -16,10 +16,12 @@ struct Mem {
     /// Called between a get and the following set, to interleave another writer.
     interfere: RefCell<Option<Hook>>,
     sets: Cell<u32>,
+    gets: Cell<u32>,
 }
 
 impl Store for Mem {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.gets.set(self.gets.get() + 1);
         Ok(self.map.borrow().get(key).cloned())
     }
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
@@ -574,4 +576,18 @@ fn how_a_request_ended_decides_what_is_kept() {
     };
     assert_eq!(end(true, true, false, Some(7)), s);
     assert_eq!(end(true, true, true, Some(7)), s);
+}
+
+#[test]
+fn a_known_tenant_is_charged_from_the_read_that_found_its_slot() {
+    let t = tenants(r#"{"header": "x-t", "default": {"requests_per_minute": 100}}"#);
+    let m = Mem::default();
+    assert!(matches!(gate(&t, Some("a"), 0, &m, 0), Gate::Pass { .. }));
+    m.gets.set(0);
+    m.sets.set(0);
+    let Gate::Pass { status, .. } = gate(&t, Some("a"), 0, &m, 0) else {
+        panic!("admitted")
+    };
+    assert_eq!(status.requests.map(|r| r.remaining), Some(98));
+    assert_eq!((m.gets.get(), m.sets.get()), (1, 1), "one read, one write");
 }
