@@ -9,7 +9,7 @@
 //! pop or a push. Larger or over-aligned layouts go to the system allocator unchanged.
 //!
 //! Blocks on the free lists are never returned to dlmalloc: the memory kept is the peak of
-//! small blocks live at once, a few hundred KiB at most for the filter's per-request values.
+//! small blocks live at once (`make bench` part memory measures a worker VM: 2.1-2.8 MiB).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;

@@ -21,6 +21,7 @@ pub mod props;
 pub mod ratelimit;
 pub mod reply;
 pub mod routing;
+pub mod splitmix;
 pub mod store;
 pub mod tokens;
 pub mod trace;

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::metrics::Catalog;
 use crate::plan;
 use crate::ratelimit::{self, Charge};
+use crate::splitmix::SplitMix64;
 use host::{now_ms, plugin_configuration, request_body, request_headers, set_request_header};
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -327,24 +328,20 @@ impl HttpContext for Http {
 }
 
 std::thread_local! {
-    /// The VM's random stream (SplitMix64), seeded from the host's `random_get` by the first
-    /// request, not at VM start (a host that cloned a started VM would give every copy the same
-    /// stream). Weighted splits and endpoint tie-breaks need uniform numbers, not secrets, and a
-    /// request then spends no host call on them.
-    static RANDOM: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+    /// The VM's random stream, seeded from the host's `random_get` by the first request, not at
+    /// VM start (a host that cloned a started VM would give every copy the same stream).
+    /// Weighted splits and endpoint tie-breaks need uniform numbers, not secrets, and a request
+    /// then spends no host call on them.
+    static RANDOM: std::cell::Cell<Option<SplitMix64>> = const { std::cell::Cell::new(None) };
 }
 
 fn random_u64() -> u64 {
-    const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
     RANDOM.with(|cell| {
-        let state = cell
+        let mut g = cell
             .get()
-            .unwrap_or_else(|| getrandom::u64().unwrap_or(GAMMA))
-            .wrapping_add(GAMMA);
-        cell.set(Some(state));
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+            .unwrap_or_else(|| SplitMix64::new(getrandom::u64().unwrap_or(0x9E37_79B9_7F4A_7C15)));
+        let n = g.next_u64();
+        cell.set(Some(g));
+        n
     })
 }

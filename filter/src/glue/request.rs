@@ -430,7 +430,7 @@ fn apply_forward(fwd: &Forward, body_size: usize) {
     }
     if let Some(edit) = &fwd.body {
         if set_request_body_prefix(body_size, edit) {
-            // The length changed: Envoy frames the body anew without it.
+            // The body was rewritten (its length may differ): Envoy frames it anew without it.
             set_request_header("content-length", None);
         }
     }
