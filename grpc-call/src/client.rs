@@ -84,6 +84,7 @@ impl GrpcClient {
             return GrpcAnswer::err(grpc_code::UNAVAILABLE, why);
         };
         let timeout = (call.timeout_ms > 0).then(|| Duration::from_millis(call.timeout_ms.into()));
+        let started = tokio::time::Instant::now();
         let work = self.unary(cluster, call, timeout);
         let result = match timeout {
             Some(t) => match tokio::time::timeout(t, work).await {
@@ -94,6 +95,12 @@ impl GrpcClient {
         };
         match result {
             Ok(bytes) => GrpcAnswer::Ok(bytes.to_vec()),
+            // The deadline is the caller's: a transport timer that gave up at the same moment
+            // (the connect timeout is capped by it, and tonic reports its timers as CANCELLED)
+            // still answers DEADLINE_EXCEEDED, as Envoy does.
+            Err(_) if timeout.is_some_and(|t| started.elapsed() >= t) => {
+                answer_of(&Status::deadline_exceeded("deadline exceeded"))
+            }
             Err(status) => answer_of(&status),
         }
     }
